@@ -1,0 +1,1 @@
+"""notifykit: real-time notifications to authenticated users over websockets, scaled by Redis."""

@@ -1,0 +1,100 @@
+"""The notification envelope, its ids, and the payload format propagators carry.
+
+A notification is encoded to its wire frame **once**, when it is published; every instance and
+every connection then forwards those same bytes. The payload a propagator carries is::
+
+    <exclude connection id, or nothing> b"\\n" <notification frame, UTF-8 JSON>
+
+so a receiving instance finds whom to skip with one ``bytes.index`` and never parses the JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidNotification
+from .model import Target, ToTopic, routing_keys
+from .wire import encode_notification
+
+__all__ = ["Envelope", "IdGenerator", "pack", "unpack"]
+
+
+class IdGenerator:
+    """Unique, time-sortable ids: 48 bits of Unix milliseconds then 80 random bits, as 26
+    characters of base32hex (whose alphabet sorts like the numbers it encodes).
+
+    Within one millisecond the random part increments, so ids from one generator are strictly
+    increasing; ids from different instances sort by time to the millisecond.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def __call__(self) -> str:
+        """Return a new id."""
+        now = time.time_ns() // 1_000_000
+        value = (now << 80) | int.from_bytes(os.urandom(10), "big")
+        if value <= self._last:
+            value = self._last + 1
+        self._last = value
+        return base64.b32hexencode(value.to_bytes(16, "big")).decode("ascii")[:26]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One notification on its way: what it says (``event``, ``data``), whom it is for
+    (``target``, minus the ``exclude`` connection), and its ``id`` and ``created_at`` (Unix ms).
+    """
+
+    id: str
+    event: str
+    data: Any
+    target: Target
+    exclude: str | None = None
+    created_at: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, str) or not self.event or len(self.event) > 256:
+            raise InvalidNotification("event must be a non-empty string of at most 256 characters")
+        if self.exclude is not None and (not isinstance(self.exclude, str) or "\n" in self.exclude):
+            raise InvalidNotification("exclude must be a connection id")
+
+    def frame(self) -> str:
+        """The ``notification`` frame clients receive, as JSON text."""
+        topic = self.target.topic if isinstance(self.target, ToTopic) else None
+        try:
+            return encode_notification(self.id, self.event, self.data, self.created_at, topic)
+        except ValueError as exc:
+            raise InvalidNotification(str(exc)) from None
+
+    def keys(self) -> tuple[str, ...]:
+        """The routing keys this envelope is published to."""
+        return routing_keys(self.target)
+
+
+def pack(envelope: Envelope) -> bytes:
+    """Encode ``envelope`` to the payload a propagator carries (see the module docstring)."""
+    try:
+        frame = envelope.frame().encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNotification(
+            "notification data holds text that is not valid Unicode"
+        ) from None
+    exclude = envelope.exclude.encode("utf-8") if envelope.exclude else b""
+    return exclude + b"\n" + frame
+
+
+def unpack(payload: bytes) -> tuple[str | None, str]:
+    """Split a payload into ``(exclude connection id or None, frame text)``.
+
+    Raises ``ValueError`` for a payload notifykit did not produce.
+    """
+    cut = payload.index(b"\n")
+    frame = payload[cut + 1 :].decode("utf-8")
+    return (payload[:cut].decode("ascii") if cut else None), frame

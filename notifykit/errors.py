@@ -1,0 +1,79 @@
+"""Every exception notifykit raises on purpose.
+
+::
+
+    NotifyKitError
+    ├── ProtocolError (ValueError)         a client frame that is not valid notifykit.v1
+    ├── InvalidNotification (ValueError)   a notification that cannot be sent
+    ├── AuthenticationError                a token that does not prove who the client is
+    │   └── TokenExpired                   ... because it has expired
+    ├── Forbidden                          an authenticated client asked for what it may not have
+    ├── PropagationError (ConnectionError) the propagator could not carry a message
+    ├── TransportClosed (ConnectionError)  the websocket went away while we were sending
+    └── ConfigurationError (ValueError)    settings that cannot work together
+
+Foreign errors (redis-py, PyJWT, a framework's websocket errors) are translated into these at
+the boundary where they occur, so callers can catch by meaning: ``except PropagationError`` covers
+a Redis outage whatever redis-py called it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "Forbidden",
+    "InvalidNotification",
+    "NotifyKitError",
+    "PropagationError",
+    "ProtocolError",
+    "TokenExpired",
+    "TransportClosed",
+]
+
+
+class NotifyKitError(Exception):
+    """Root of every exception notifykit raises on purpose."""
+
+
+class ProtocolError(NotifyKitError, ValueError):
+    """A client frame is not valid ``notifykit.v1``.
+
+    ``code`` is the snake_case error code sent back to the client in an ``error`` frame
+    (``bad_frame``, ``unknown_type``, ``frame_too_large``); ``str(exc)`` is the human message.
+    """
+
+    def __init__(self, message: str, code: str = "bad_frame") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidNotification(NotifyKitError, ValueError):
+    """A notification cannot be sent: an empty target, a bad topic name, data that is not JSON."""
+
+
+class AuthenticationError(NotifyKitError):
+    """A token does not prove who the client is (missing, malformed, forged, wrong audience...).
+
+    ``str(exc)`` is safe to show to the client: it says what was wrong without echoing secrets.
+    """
+
+
+class TokenExpired(AuthenticationError):
+    """The token was valid once, but its ``exp`` has passed."""
+
+
+class Forbidden(NotifyKitError):
+    """An authenticated client asked for what it may not have (a topic, another user's token)."""
+
+
+class PropagationError(NotifyKitError, ConnectionError):
+    """The propagator could not publish or subscribe (for Redis: the server is unreachable)."""
+
+
+class TransportClosed(NotifyKitError, ConnectionError):
+    """The websocket is gone: the client disconnected or the server already closed it."""
+
+
+class ConfigurationError(NotifyKitError, ValueError):
+    """Settings that cannot work: no JWT key, an unknown algorithm, ``none`` as an algorithm..."""

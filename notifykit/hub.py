@@ -1,0 +1,298 @@
+"""The hub: what an application holds to send notifications, and what routes them to connections.
+
+::
+
+    async with Hub() as hub:                       # in-memory propagation
+        await hub.notify_user("42", "order.shipped", {"order": 7})
+
+The hub owns the :class:`~notifykit.protocols.SocketState` and the
+:class:`~notifykit.protocols.Propagator`. It keeps the propagator subscribed to exactly the
+routing keys that have a connection here, and hands every payload it receives to those
+connections — the same frame text to each, encoded once by the publisher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+
+from .envelope import Envelope, IdGenerator, pack, unpack
+from .errors import PropagationError
+from .memory import MemoryPropagator, MemorySocketState
+from .model import (
+    BROADCAST_KEY,
+    Target,
+    ToAuthenticated,
+    ToEveryone,
+    ToTopic,
+    ToUsers,
+    topic_key,
+    user_key,
+    users,
+    validate_topic,
+)
+from .wire import CloseCode
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable, Mapping
+    from types import TracebackType
+
+    from .connection import Connection
+    from .protocols import Propagator, SocketState
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger("notifykit.hub")
+
+
+class _Pending:
+    """A subscription in flight that other connections for the same key wait on."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+    async def wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise PropagationError(f"subscription failed: {self.error}") from self.error
+
+
+class Hub:
+    """Sends notifications and routes them to the connections this instance holds.
+
+    ``propagator`` defaults to a :class:`~notifykit.memory.MemoryPropagator` (one process);
+    pass a Redis propagator to scale out. ``subscribe_timeout`` bounds how long registering a
+    connection may wait for the propagator to confirm a subscription. Use it as an async
+    context manager: entering starts the propagator, leaving closes every connection with
+    ``1001 going away`` (waiting up to ``shutdown_timeout`` seconds) and stops it.
+    """
+
+    def __init__(
+        self,
+        propagator: Propagator | None = None,
+        *,
+        socket_state: SocketState | None = None,
+        subscribe_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.propagator: Propagator = propagator if propagator is not None else MemoryPropagator()
+        self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
+        self.metrics: Counter[str] = Counter()
+        """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
+        self._subscribe_timeout = subscribe_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._ids = IdGenerator()
+        self._pending: dict[str, _Pending] = {}
+        self._running = False
+        self._drained: anyio.Event | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._running:
+            raise RuntimeError("this hub is already running")
+        await self.propagator.start(self._deliver)
+        self._running = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection with 1001, wait for them to go, stop the propagator."""
+        if not self._running:
+            return
+        self._running = False
+        with anyio.CancelScope(shield=True):
+            live = list(self.state.members(BROADCAST_KEY))
+            if live:
+                self._drained = anyio.Event()
+                for connection in live:
+                    connection.close(CloseCode.GOING_AWAY, "server shutting down")
+                with anyio.move_on_after(self._shutdown_timeout):
+                    await self._drained.wait()
+            await self.propagator.aclose()
+
+    @property
+    def running(self) -> bool:
+        """True between entering and leaving the hub's context."""
+        return self._running
+
+    @property
+    def healthy(self) -> bool:
+        """False while the propagator cannot reach its backend."""
+        return self._running and self.propagator.healthy
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def publish(
+        self, target: Target, event: str, data: Any = None, *, exclude: str | None = None
+    ) -> str:
+        """Send one notification to ``target`` and return its id.
+
+        ``exclude`` is a connection id (from the ``welcome`` frame) that will not receive it.
+        Raises :class:`~notifykit.errors.InvalidNotification` for a bad event or data that is
+        not JSON, and :class:`~notifykit.errors.PropagationError` if it could not be sent.
+        """
+        if not self._running:
+            raise RuntimeError("the hub is not running: use `async with hub:`")
+        envelope = Envelope(self._ids(), event, data, target, exclude)
+        await self.propagator.publish(envelope.keys(), pack(envelope))
+        self.metrics["notifications_published"] += 1
+        return envelope.id
+
+    async def notify_user(
+        self, user_id: str, event: str, data: Any = None, *, exclude: str | None = None
+    ) -> str:
+        """Send to every connection of one user, on every instance."""
+        return await self.publish(ToUsers((user_id,)), event, data, exclude=exclude)
+
+    async def notify_users(
+        self, user_ids: Iterable[str], event: str, data: Any = None, *, exclude: str | None = None
+    ) -> str:
+        """Send to every connection of each user (one notification id for all of them)."""
+        return await self.publish(users(user_ids), event, data, exclude=exclude)
+
+    async def notify_topic(
+        self, topic: str, event: str, data: Any = None, *, exclude: str | None = None
+    ) -> str:
+        """Send to every connection subscribed to ``topic``."""
+        return await self.publish(ToTopic(topic), event, data, exclude=exclude)
+
+    async def notify_authenticated(
+        self, event: str, data: Any = None, *, exclude: str | None = None
+    ) -> str:
+        """Send to every authenticated connection."""
+        return await self.publish(ToAuthenticated(), event, data, exclude=exclude)
+
+    async def broadcast(self, event: str, data: Any = None, *, exclude: str | None = None) -> str:
+        """Send to every connection, anonymous ones included."""
+        return await self.publish(ToEveryone(), event, data, exclude=exclude)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def _deliver(self, key: str, payload: bytes) -> None:
+        members = self.state.members(key)
+        if not members:
+            return
+        try:
+            exclude, frame = unpack(payload)
+        except ValueError:
+            self.metrics["malformed_payloads"] += 1
+            logger.warning("skipped a malformed payload on key %r", key)
+            return
+        sent = 0
+        for connection in members:
+            if connection.id != exclude:
+                connection.offer(frame)
+                sent += 1
+        self.metrics["frames_delivered"] += sent
+
+    # --- registration ---------------------------------------------------------------------
+
+    async def attach(self, connection: Connection) -> None:
+        """Register a connection under its principal's keys.
+
+        Returns once the propagator confirmed every subscription the connection needs, so a
+        notification published after this returns reaches it. Raises
+        :class:`~notifykit.errors.PropagationError` if that could not be confirmed; the caller
+        must then :meth:`detach` it.
+        """
+        if not self._running:
+            raise RuntimeError("the hub is not running: use `async with hub:`")
+        await self._join(connection, connection.principal.routing_keys())
+
+    async def detach(self, connection: Connection) -> None:
+        """Unregister a connection from every key; idempotent; never raises for the propagator."""
+        await self._leave(connection, list(connection.keys))
+        connection.topics.clear()
+        if self._drained is not None and self.state.connection_count == 0:
+            self._drained.set()
+
+    async def subscribe(self, connection: Connection, topic: str) -> None:
+        """Add ``topic`` to a registered connection (authorization is the caller's job)."""
+        validate_topic(topic)
+        connection.topics.add(topic)
+        await self._join(connection, (topic_key(topic),))
+
+    async def unsubscribe(self, connection: Connection, topic: str) -> None:
+        """Remove ``topic`` from a connection; a no-op if it was not subscribed."""
+        connection.topics.discard(topic)
+        await self._leave(connection, (topic_key(topic),))
+
+    def connections_of(self, user_id: str) -> Collection[Connection]:
+        """This instance's connections of ``user_id``."""
+        return self.state.members(user_key(user_id))
+
+    async def _join(self, connection: Connection, keys: Iterable[str]) -> None:
+        new: list[str] = []
+        waits: list[_Pending] = []
+        for key in keys:
+            if key in connection.keys:
+                continue
+            connection.keys.add(key)
+            if self.state.add(key, connection):
+                new.append(key)
+            elif (pending := self._pending.get(key)) is not None:
+                waits.append(pending)
+        if new:
+            pending = _Pending()
+            for key in new:
+                self._pending[key] = pending
+            # Shielded: a connection that leaves mid-subscribe must not leave others waiting
+            # on a subscription in an unknown state.
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.fail_after(self._subscribe_timeout):
+                        await self.propagator.subscribe(new)
+                except (PropagationError, TimeoutError) as exc:
+                    pending.error = exc
+                finally:
+                    for key in new:
+                        if self._pending.get(key) is pending:
+                            del self._pending[key]
+                    pending.done.set()
+            waits.append(pending)
+        for pending in waits:
+            await pending.wait()
+
+    async def _leave(self, connection: Connection, keys: Iterable[str]) -> None:
+        gone = []
+        for key in keys:
+            if key in connection.keys:
+                connection.keys.discard(key)
+                if self.state.remove(key, connection):
+                    gone.append(key)
+        if gone:
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(self._subscribe_timeout):
+                        await self.propagator.unsubscribe(gone)
+                except PropagationError as exc:
+                    # Harmless: payloads for keys with no connection are dropped on arrival.
+                    logger.warning("unsubscribe from %d keys failed: %s", len(gone), exc)
+
+    # --- introspection --------------------------------------------------------------------
+
+    def statistics(self) -> Mapping[str, float]:
+        """Gauges and counters for health checks and metrics."""
+        stats: dict[str, float] = {
+            "connections": self.state.connection_count,
+            "users": self.state.user_count,
+            "healthy": 1 if self.healthy else 0,
+        }
+        stats.update(self.metrics)
+        for name, value in self.propagator.statistics().items():
+            stats["propagator_" + name] = value
+        return stats

@@ -1,0 +1,160 @@
+"""Who is connected and who a notification is for: principals, targets and routing keys.
+
+A notification is routed by *keys*, short strings that every implementation treats as opaque:
+
+* ``u:<user_id>`` — every connection of one user (a user is just an implicit topic);
+* ``t:<topic>`` — every connection subscribed to a topic;
+* ``auth`` — every authenticated connection;
+* ``all`` — every connection, anonymous ones included.
+
+A connection joins ``u:<its user>``, ``auth`` and ``all`` when it is registered, and ``t:<topic>``
+for each topic it subscribes to. One routing mechanism therefore serves users and topics alike,
+and a propagator only needs to carry ``(key, payload)`` pairs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .errors import InvalidNotification
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "AUTHENTICATED_KEY",
+    "BROADCAST_KEY",
+    "Principal",
+    "Target",
+    "ToAuthenticated",
+    "ToEveryone",
+    "ToTopic",
+    "ToUsers",
+    "routing_keys",
+    "topic_key",
+    "user_key",
+    "validate_topic",
+    "validate_user_id",
+]
+
+AUTHENTICATED_KEY = "auth"
+BROADCAST_KEY = "all"
+
+MAX_ID_LENGTH = 256
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_.:/@=+#~-]{1,256}")
+
+
+def validate_user_id(user_id: object) -> str:
+    """Return ``user_id`` if it is a usable user id (a non-empty str of at most 256 characters)."""
+    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_ID_LENGTH:
+        raise InvalidNotification(
+            f"a user id must be a non-empty string of at most {MAX_ID_LENGTH} characters"
+        )
+    return user_id
+
+
+def validate_topic(topic: object) -> str:
+    """Return ``topic`` if it is a valid topic name.
+
+    Topic names are 1-256 characters from ``A-Z a-z 0-9 _ . : / @ = + # ~ -``; ``*`` is reserved
+    for wildcards in authorization patterns.
+    """
+    if not isinstance(topic, str) or _TOPIC_RE.fullmatch(topic) is None:
+        raise InvalidNotification(
+            "a topic name must be 1-256 characters from A-Z a-z 0-9 and _ . : / @ = + # ~ -"
+        )
+    return topic
+
+
+def user_key(user_id: str) -> str:
+    """The routing key that reaches every connection of ``user_id``."""
+    return "u:" + user_id
+
+
+def topic_key(topic: str) -> str:
+    """The routing key that reaches every subscriber of ``topic``."""
+    return "t:" + topic
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a connection belongs to, as proven by its token.
+
+    ``user_id`` is ``None`` for an anonymous connection (allowed only when the gateway enables it).
+    ``expires_at`` is the token's ``exp`` in Unix seconds, or ``None`` if it never expires.
+    ``claims`` holds every verified claim, for topic authorization callbacks.
+    """
+
+    user_id: str | None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+
+    @property
+    def is_anonymous(self) -> bool:
+        """True for a connection that presented no token."""
+        return self.user_id is None
+
+    def routing_keys(self) -> tuple[str, ...]:
+        """The keys a connection of this principal joins when it is registered."""
+        if self.user_id is None:
+            return (BROADCAST_KEY,)
+        return (user_key(self.user_id), AUTHENTICATED_KEY, BROADCAST_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class ToUsers:
+    """Every connection of each of these users (duplicates are ignored)."""
+
+    user_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.user_ids:
+            raise InvalidNotification("a notification needs at least one user")
+        for user_id in self.user_ids:
+            validate_user_id(user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ToTopic:
+    """Every connection subscribed to ``topic``."""
+
+    topic: str
+
+    def __post_init__(self) -> None:
+        validate_topic(self.topic)
+
+
+@dataclass(frozen=True, slots=True)
+class ToAuthenticated:
+    """Every authenticated connection, on every instance."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToEveryone:
+    """Every connection, anonymous ones included, on every instance."""
+
+
+Target: TypeAlias = ToUsers | ToTopic | ToAuthenticated | ToEveryone
+
+
+def routing_keys(target: Target) -> tuple[str, ...]:
+    """The routing keys that together reach exactly ``target``; no connection is under two."""
+    match target:
+        case ToUsers(user_ids):
+            return tuple(dict.fromkeys(user_key(u) for u in user_ids))
+        case ToTopic(topic):
+            return (topic_key(topic),)
+        case ToAuthenticated():
+            return (AUTHENTICATED_KEY,)
+        case ToEveryone():
+            return (BROADCAST_KEY,)
+    raise InvalidNotification(f"not a notification target: {target!r}")  # pragma: no cover
+
+
+def users(user_ids: Iterable[str]) -> ToUsers:
+    """Build a :class:`ToUsers` target from any iterable of user ids."""
+    if isinstance(user_ids, str):
+        raise InvalidNotification("pass a list of user ids, not a single string")
+    return ToUsers(tuple(user_ids))

@@ -1,0 +1,353 @@
+"""The ``notifykit.v1`` wire protocol, sans I/O: frames, parsing, encoding and close codes.
+
+Every frame is one JSON object in one websocket text frame, with a ``type`` field. Nothing here
+touches a socket: :func:`parse_client` turns text from a client into a frame or raises
+:class:`~notifykit.errors.ProtocolError`; :func:`encode` turns any frame into text.
+:func:`parse_server` is the client side's mirror, used by tests and Python clients.
+
+``docs/protocol.md`` is the contract written out for client authors; this module is the same
+contract as code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeAlias
+
+from .errors import ProtocolError
+
+__all__ = [
+    "SUBPROTOCOL",
+    "ClientFrame",
+    "CloseCode",
+    "Error",
+    "ErrorCode",
+    "Notification",
+    "Ping",
+    "Pong",
+    "Refresh",
+    "Refreshed",
+    "ServerFrame",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "Welcome",
+    "encode",
+    "encode_notification",
+    "parse_client",
+    "parse_server",
+]
+
+SUBPROTOCOL = "notifykit.v1"
+"""The websocket subprotocol clients offer (and the server selects)."""
+
+BEARER_PREFIX = "bearer."
+"""A ``Sec-WebSocket-Protocol`` entry ``bearer.<jwt>`` carries a token from a browser."""
+
+
+class CloseCode(IntEnum):
+    """Websocket close codes the server uses, each with a documented meaning."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    """The server is shutting down; reconnect (to another instance)."""
+    MESSAGE_TOO_BIG = 1009
+    """A client frame exceeded the size limit."""
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    """The server could not register the connection (e.g. Redis unreachable); retry with backoff."""
+    UNAUTHORIZED = 4001
+    """No token, an invalid token, or the token expired without a refresh."""
+    FORBIDDEN = 4003
+    """The client is not allowed here (e.g. its ``Origin`` is not on the allow-list)."""
+    SLOW_CONSUMER = 4008
+    """The client fell so far behind that its outbound queue overflowed; reconnect."""
+    BAD_FRAME = 4400
+    """The client kept sending invalid frames."""
+
+
+class ErrorCode:
+    """The ``code`` values of ``error`` frames (short snake_case strings)."""
+
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    FRAME_TOO_LARGE = "frame_too_large"
+    FORBIDDEN = "forbidden"
+    INVALID_TOPIC = "invalid_topic"
+    UNAVAILABLE = "unavailable"
+
+
+# --- client frames ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Client → server: are you there? Answered with :class:`Pong`."""
+
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Client → server: extend this connection with a fresh token for the same user."""
+
+    token: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Client → server: start receiving notifications sent to ``topic``."""
+
+    topic: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Client → server: stop receiving notifications sent to ``topic``."""
+
+    topic: str
+    ref: str | None = None
+
+
+ClientFrame: TypeAlias = Ping | Refresh | Subscribe | Unsubscribe
+
+# --- server frames ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Server → client, first frame: the connection is registered and will receive."""
+
+    connection_id: str
+    user: str | None
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """Server → client: a notification. ``ts`` is its creation time in Unix milliseconds;
+    ``topic`` is set when it was sent to a topic."""
+
+    id: str
+    event: str
+    data: Any
+    ts: int
+    topic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Server → client: answer to :class:`Ping`."""
+
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """Server → client: the subscription to ``topic`` is active."""
+
+    topic: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    """Server → client: no more notifications for ``topic``."""
+
+    topic: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """Server → client: the refresh was accepted; the connection now lasts until ``expires_at``."""
+
+    expires_at: int | None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Server → client: a request failed (or a frame was invalid); the connection stays open."""
+
+    code: str
+    message: str
+    ref: str | None = None
+
+
+ServerFrame: TypeAlias = (
+    Welcome | Notification | Pong | Subscribed | Unsubscribed | Refreshed | Error
+)
+
+# --- parsing ------------------------------------------------------------------------------
+
+MAX_TOKEN_LENGTH = 8192
+_REF_RE = re.compile(r"[\x20-\x7e]{1,64}")
+_TYPE_NAMES: dict[type, str] = {
+    Ping: "ping",
+    Refresh: "refresh",
+    Subscribe: "subscribe",
+    Unsubscribe: "unsubscribe",
+    Welcome: "welcome",
+    Notification: "notification",
+    Pong: "pong",
+    Subscribed: "subscribed",
+    Unsubscribed: "unsubscribed",
+    Refreshed: "refreshed",
+    Error: "error",
+}
+
+
+def _load_object(text: str | bytes) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise ProtocolError("binary frames are not supported; send JSON text frames")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError('frame needs a string "type" field')
+    return obj
+
+
+def _ref(obj: dict[str, Any]) -> str | None:
+    ref = obj.get("ref")
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or _REF_RE.fullmatch(ref) is None:
+        raise ProtocolError('"ref" must be 1-64 printable ASCII characters')
+    return ref
+
+
+def _str_field(obj: dict[str, Any], name: str, max_length: int) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f'"{obj["type"]}" needs a non-empty string "{name}"')
+    if len(value) > max_length:
+        raise ProtocolError(f'"{name}" is longer than {max_length} characters')
+    return value
+
+
+def parse_client(text: str | bytes) -> ClientFrame:
+    """Parse one frame from a client.
+
+    Raises :class:`~notifykit.errors.ProtocolError` — and nothing else, whatever the input —
+    with ``code`` ``bad_frame`` (not JSON, wrong shape) or ``unknown_type``. Unknown fields are
+    ignored, so clients may add their own. Topic names are checked for shape by the gateway,
+    which answers ``invalid_topic``.
+    """
+    obj = _load_object(text)
+    kind = obj["type"]
+    ref = _ref(obj)
+    if kind == "ping":
+        return Ping(ref)
+    if kind == "subscribe":
+        return Subscribe(_str_field(obj, "topic", 256), ref)
+    if kind == "unsubscribe":
+        return Unsubscribe(_str_field(obj, "topic", 256), ref)
+    if kind == "refresh":
+        return Refresh(_str_field(obj, "token", MAX_TOKEN_LENGTH), ref)
+    raise ProtocolError(f"unknown frame type {kind[:32]!r}", code=ErrorCode.UNKNOWN_TYPE)
+
+
+def _opt_str(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f'"{name}" must be a string')
+    return value
+
+
+def _opt_int(obj: dict[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ProtocolError(f'"{name}" must be an integer')
+    return value
+
+
+def _req(obj: dict[str, Any], name: str, kind: type) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f'"{obj["type"]}" needs "{name}" of type {kind.__name__}')
+    return value
+
+
+def parse_server(text: str | bytes) -> ServerFrame:
+    """Parse one frame from a server (the client side of the protocol).
+
+    Raises :class:`~notifykit.errors.ProtocolError` for anything that is not a valid server
+    frame.
+    """
+    obj = _load_object(text)
+    kind = obj["type"]
+    if kind == "notification":
+        if "data" not in obj:
+            raise ProtocolError('"notification" needs "data"')
+        return Notification(
+            _req(obj, "id", str),
+            _req(obj, "event", str),
+            obj["data"],
+            _req(obj, "ts", int),
+            _opt_str(obj, "topic"),
+        )
+    if kind == "welcome":
+        if "user" not in obj:
+            raise ProtocolError('"welcome" needs "user"')
+        return Welcome(
+            _req(obj, "connection_id", str), _opt_str(obj, "user"), _opt_int(obj, "expires_at")
+        )
+    if kind == "pong":
+        return Pong(_opt_str(obj, "ref"))
+    if kind == "subscribed":
+        return Subscribed(_req(obj, "topic", str), _opt_str(obj, "ref"))
+    if kind == "unsubscribed":
+        return Unsubscribed(_req(obj, "topic", str), _opt_str(obj, "ref"))
+    if kind == "refreshed":
+        return Refreshed(_opt_int(obj, "expires_at"), _opt_str(obj, "ref"))
+    if kind == "error":
+        return Error(_req(obj, "code", str), _req(obj, "message", str), _opt_str(obj, "ref"))
+    raise ProtocolError(f"unknown frame type {kind[:32]!r}", code=ErrorCode.UNKNOWN_TYPE)
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode(frame: ClientFrame | ServerFrame) -> str:
+    """Encode any frame as the JSON text of one websocket frame.
+
+    Optional fields that are ``None`` are left out — except ``welcome.user`` (``null`` means
+    anonymous) and ``notification.data``. Raises ``ValueError`` if ``data`` is not JSON.
+    """
+    if isinstance(frame, Notification):
+        return encode_notification(frame.id, frame.event, frame.data, frame.ts, frame.topic)
+    obj: dict[str, Any] = {"type": _TYPE_NAMES[type(frame)]}
+    for name in frame.__slots__:
+        value = getattr(frame, name)
+        if value is not None or (name == "user" and isinstance(frame, Welcome)):
+            obj[name] = value
+    return _dumps(obj)
+
+
+def encode_notification(id: str, event: str, data: Any, ts: int, topic: str | None = None) -> str:
+    """Encode a notification frame; the hot path calls this once per notification.
+
+    Raises ``ValueError`` (``TypeError`` for unserializable objects is turned into it) if
+    ``data`` is not JSON-serializable.
+    """
+    obj: dict[str, Any] = {"type": "notification", "id": id, "event": event, "data": data, "ts": ts}
+    if topic is not None:
+        obj["topic"] = topic
+    try:
+        return _dumps(obj)
+    except TypeError as exc:
+        raise ValueError(f"notification data is not JSON-serializable: {exc}") from None
