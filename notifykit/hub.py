@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .connection import Connection
-    from .protocols import Propagator, SocketState
+    from .protocols import Authenticator, Propagator, SocketState, TopicPolicy
+    from .service import NotifyApp
 
 __all__ = ["Hub"]
 
@@ -282,6 +283,39 @@ class Hub:
                 except PropagationError as exc:
                     # Harmless: payloads for keys with no connection are dropped on arrival.
                     logger.warning("unsubscribe from %d keys failed: %s", len(gone), exc)
+
+    # --- serving --------------------------------------------------------------------------
+
+    def asgi_app(
+        self,
+        authenticator: Authenticator,
+        *,
+        api_key: str | Iterable[str] | None = None,
+        allowed_origins: Iterable[str] = (),
+        allow_anonymous: bool = False,
+        topic_policy: TopicPolicy | None = None,
+        max_publish_bytes: int = 1024 * 1024,
+        **gateway_options: Any,
+    ) -> NotifyApp:
+        """A mountable ASGI app serving this hub (needs the ``starlette`` extra).
+
+        Routes: ``/ws`` (websocket), ``POST /publish`` (with ``api_key``), ``/healthz``,
+        ``/readyz``, ``/metrics``. Remaining keyword arguments go to
+        :class:`~notifykit.gateway.Gateway` (``queue_size``, ``max_frame_bytes``...).
+        """
+        from .gateway import Gateway
+        from .service import NotifyApp
+
+        gateway = Gateway(
+            self,
+            authenticator,
+            topic_policy=topic_policy,
+            allow_anonymous=allow_anonymous,
+            allowed_origins=allowed_origins,
+            **gateway_options,
+        )
+        keys = [api_key] if isinstance(api_key, str) else list(api_key or ())
+        return NotifyApp(gateway, api_keys=keys, max_publish_bytes=max_publish_bytes)
 
     # --- introspection --------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTHENTICATED_KEY",
     "BROADCAST_KEY",
+    "Handshake",
     "Principal",
     "Target",
     "ToAuthenticated",
@@ -158,3 +159,32 @@ def users(user_ids: Iterable[str]) -> ToUsers:
     if isinstance(user_ids, str):
         raise InvalidNotification("pass a list of user ids, not a single string")
     return ToUsers(tuple(user_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a client sent when opening a websocket, framework-neutral.
+
+    ``headers`` has lower-case names (the last value wins for repeated names); ``query`` is the
+    decoded query string; ``subprotocols`` lists the offered ``Sec-WebSocket-Protocol`` entries.
+    """
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    subprotocols: tuple[str, ...] = ()
+    client: str | None = None
+
+    def bearer_token(self) -> str | None:
+        """The token the client presented, looked for in this order (first found wins):
+
+        1. ``Authorization: Bearer <jwt>``;
+        2. a ``Sec-WebSocket-Protocol`` entry ``bearer.<jwt>`` (browsers cannot set headers);
+        3. the ``token`` query parameter (the least private: it ends up in access logs).
+        """
+        scheme, _, credentials = self.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+        for offered in self.subprotocols:
+            if offered.startswith("bearer.") and len(offered) > 7:
+                return offered[7:]
+        return self.query.get("token") or None

@@ -3,6 +3,7 @@
 * :class:`Authenticator` — turns a token into a :class:`~notifykit.model.Principal`.
 * :class:`SocketState` — which connections *this instance* holds, under which routing keys.
 * :class:`Propagator` — carries ``(routing key, payload)`` between instances.
+* :class:`Transport` — the little a gateway needs from a framework's websocket.
 
 Names follow the NestJS design notifykit descends from. Implementations live in
 :mod:`notifykit.memory`, :mod:`notifykit.jwt` and ``notifykit.redis``; the executable form of
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .model import Principal
 
-__all__ = ["Authenticator", "Deliver", "Propagator", "SocketState", "TopicPolicy"]
+__all__ = ["Authenticator", "Deliver", "Propagator", "SocketState", "TopicPolicy", "Transport"]
 
 Deliver: TypeAlias = Callable[[str, bytes], None]
 """Called by a propagator for every message it receives: ``deliver(routing_key, payload)``.
@@ -134,4 +135,29 @@ class Propagator(Protocol):
 
     def statistics(self) -> Mapping[str, int]:
         """Counters for metrics (published, received, reconnects...); names are snake_case."""
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One accepted-or-about-to-be websocket, as an adapter presents it to the gateway.
+
+    Adapters (ASGI, Django Channels, ``websockets``) implement it in a few lines; the gateway
+    never sees a framework object.
+    """
+
+    async def accept(self, subprotocol: str | None) -> None:
+        """Complete the handshake, selecting ``subprotocol`` (or none)."""
+        ...
+
+    async def receive(self) -> str | bytes | None:
+        """The next message from the client: text, bytes, or None once the client is gone."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; raise :class:`~notifykit.errors.TransportClosed` if gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason``; never raises, even if already closed."""
         ...

@@ -1,0 +1,1 @@
+"""Adapters turn a framework's websocket into :class:`~notifykit.protocols.Transport`."""

@@ -1,0 +1,301 @@
+"""The gateway: accepts a websocket, authenticates it, registers it, and pumps notifications to it.
+
+Per connection it runs one reader (client frames, token expiry) and one writer (the bounded
+outbound queue → the socket). Every way out — the client leaving, a bad token, a slow consumer,
+the hub shutting down, cancellation, a bug — ends in the same ``finally``: the connection is
+unregistered and the socket closed with the documented code. Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .connection import Connection
+from .errors import (
+    AuthenticationError,
+    InvalidNotification,
+    PropagationError,
+    ProtocolError,
+    TransportClosed,
+)
+from .jwt import claim_topics_policy
+from .model import Handshake, Principal, validate_topic
+from .wire import (
+    SUBPROTOCOL,
+    CloseCode,
+    Error,
+    ErrorCode,
+    Ping,
+    Pong,
+    Refresh,
+    Refreshed,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    encode,
+    parse_client,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .hub import Hub
+    from .protocols import Authenticator, TopicPolicy, Transport
+    from .wire import ClientFrame
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger("notifykit.gateway")
+
+
+class Gateway:
+    """Serves websocket connections for a :class:`~notifykit.hub.Hub`.
+
+    Options:
+
+    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`).
+    * ``topic_policy`` — ``(principal, topic) -> bool`` (sync or async) deciding who may
+      subscribe to what; default: the topics listed in the token's ``topics`` claim.
+    * ``allow_anonymous`` — accept clients without a token; they receive only broadcasts.
+    * ``allowed_origins`` — browser ``Origin`` allow-list; empty means no check. A request
+      without an ``Origin`` header is a non-browser client and is not refused by it.
+    * ``max_frame_bytes`` — larger client frames are refused with ``frame_too_large``.
+    * ``queue_size`` — outbound frames a connection may have queued before it is closed as a
+      slow consumer (4008).
+    * ``max_topics`` — topics one connection may subscribe to.
+    * ``max_bad_frames`` — consecutive invalid frames tolerated before closing with 4400.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        authenticator: Authenticator,
+        *,
+        topic_policy: TopicPolicy | None = None,
+        allow_anonymous: bool = False,
+        allowed_origins: Iterable[str] = (),
+        max_frame_bytes: int = 64 * 1024,
+        queue_size: int = 256,
+        max_topics: int = 100,
+        max_bad_frames: int = 10,
+        close_timeout: float = 2.0,
+    ) -> None:
+        self.hub = hub
+        self.authenticator = authenticator
+        self.topic_policy: TopicPolicy = topic_policy or claim_topics_policy()
+        self.allow_anonymous = allow_anonymous
+        self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self.max_frame_bytes = max_frame_bytes
+        self.queue_size = queue_size
+        self.max_topics = max_topics
+        self.max_bad_frames = max_bad_frames
+        self.close_timeout = close_timeout
+
+    # --- the connection's life ------------------------------------------------------------
+
+    async def serve(self, transport: Transport, handshake: Handshake) -> None:
+        """Handle one websocket from handshake to close. Never raises for anything the client
+        does; returns when the connection is over and unregistered."""
+        metrics = self.hub.metrics
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in handshake.subprotocols else None
+        if not self._origin_allowed(handshake):
+            metrics["origin_refusals"] += 1
+            await self._refuse(transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed")
+            return
+        try:
+            principal = await self._authenticate(handshake.bearer_token())
+        except AuthenticationError as exc:
+            metrics["auth_failures"] += 1
+            await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
+            return
+        if not self.hub.running:
+            await self._refuse(transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running")
+            return
+
+        connection = Connection(principal, queue_size=self.queue_size)
+        await transport.accept(subprotocol)
+        metrics["connections_opened"] += 1
+        try:
+            with anyio.CancelScope() as scope:
+                connection.bind(scope)
+                # Queued before registering, sent only once registered: the welcome is always
+                # the first frame, and it promises that later notifications will arrive.
+                connection.offer(encode(_welcome(connection)))
+                await self.hub.attach(connection)
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._write, connection, transport, tasks.cancel_scope)
+                    await self._read(connection, transport)
+                    tasks.cancel_scope.cancel()
+        except PropagationError as exc:
+            logger.warning("could not register connection %s: %s", connection.id, exc)
+            connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
+        except Exception:
+            logger.exception("connection %s failed", connection.id)
+            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.hub.detach(connection)
+                connection.outbox.close()
+                metrics["connections_closed"] += 1
+                if connection.close_code == CloseCode.SLOW_CONSUMER:
+                    metrics["slow_consumer_closes"] += 1
+                    logger.warning("closed slow consumer %s", connection.id)
+                if connection.close_code is not None:
+                    with anyio.move_on_after(self.close_timeout):
+                        await transport.close(connection.close_code, connection.close_reason)
+
+    async def _refuse(
+        self, transport: Transport, subprotocol: str | None, code: int, reason: str
+    ) -> None:
+        # Accept only to close at once: browsers cannot read why a handshake was refused, but
+        # they can read a close code and reason.
+        await transport.accept(subprotocol)
+        with anyio.move_on_after(self.close_timeout):
+            await transport.close(code, reason)
+
+    async def _write(
+        self, connection: Connection, transport: Transport, tasks: anyio.CancelScope
+    ) -> None:
+        try:
+            async for frame in connection.outbox:
+                await transport.send(frame)
+        except TransportClosed:
+            tasks.cancel()  # the reader will not hear from a client that is gone
+
+    async def _read(self, connection: Connection, transport: Transport) -> None:
+        bad_frames = 0
+        with anyio.CancelScope(deadline=_deadline(connection.principal)) as expiry:
+            while True:
+                message = await transport.receive()
+                if message is None:
+                    return
+                try:
+                    if _too_large(message, self.max_frame_bytes):
+                        raise ProtocolError(
+                            f"frame larger than {self.max_frame_bytes} bytes",
+                            code=ErrorCode.FRAME_TOO_LARGE,
+                        )
+                    frame = parse_client(message)
+                except ProtocolError as exc:
+                    self.hub.metrics["bad_frames"] += 1
+                    bad_frames += 1
+                    if bad_frames >= self.max_bad_frames:
+                        connection.close(CloseCode.BAD_FRAME, "too many invalid frames")
+                        return
+                    connection.offer(encode(Error(exc.code, str(exc))))
+                    continue
+                bad_frames = 0
+                await self._handle(connection, frame, expiry)
+        if expiry.cancelled_caught:
+            connection.close(CloseCode.UNAUTHORIZED, "token expired")
+
+    # --- client requests ------------------------------------------------------------------
+
+    async def _handle(
+        self, connection: Connection, frame: ClientFrame, expiry: anyio.CancelScope
+    ) -> None:
+        match frame:
+            case Ping(ref):
+                connection.offer(encode(Pong(ref)))
+            case Subscribe(topic, ref):
+                connection.offer(encode(await self._subscribe(connection, topic, ref)))
+            case Unsubscribe(topic, ref):
+                await self.hub.unsubscribe(connection, topic)
+                connection.offer(encode(Unsubscribed(topic, ref)))
+            case Refresh(token, ref):
+                connection.offer(encode(await self._refresh(connection, token, ref, expiry)))
+
+    async def _subscribe(
+        self, connection: Connection, topic: str, ref: str | None
+    ) -> Subscribed | Error:
+        try:
+            validate_topic(topic)
+        except InvalidNotification as exc:
+            return Error(ErrorCode.INVALID_TOPIC, str(exc), ref)
+        if topic in connection.topics:
+            return Subscribed(topic, ref)
+        if len(connection.topics) >= self.max_topics:
+            return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
+        if not await self._may_subscribe(connection.principal, topic):
+            return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
+        try:
+            await self.hub.subscribe(connection, topic)
+        except PropagationError:
+            await self.hub.unsubscribe(connection, topic)
+            return Error(ErrorCode.UNAVAILABLE, "subscription failed; retry later", ref)
+        return Subscribed(topic, ref)
+
+    async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
+        if principal.is_anonymous:
+            return False
+        try:
+            verdict = self.topic_policy(principal, topic)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("topic policy failed for %r; refusing", topic)
+            return False
+        return verdict is True
+
+    async def _refresh(
+        self, connection: Connection, token: str, ref: str | None, expiry: anyio.CancelScope
+    ) -> Refreshed | Error:
+        if connection.principal.is_anonymous:
+            return Error(ErrorCode.FORBIDDEN, "anonymous connections cannot refresh", ref)
+        try:
+            principal = await self.authenticator.authenticate(token)
+        except AuthenticationError as exc:
+            return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
+        if principal.user_id != connection.principal.user_id:
+            return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
+        connection.principal = principal
+        expiry.deadline = _deadline(principal)
+        return Refreshed(_unix(principal.expires_at), ref)
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def _origin_allowed(self, handshake: Handshake) -> bool:
+        origin = handshake.headers.get("origin")
+        if not self.allowed_origins or origin is None:
+            return True
+        return origin.rstrip("/").lower() in self.allowed_origins
+
+    async def _authenticate(self, token: str | None) -> Principal:
+        if token is None:
+            if self.allow_anonymous:
+                return Principal(None)
+            raise AuthenticationError(
+                "no token: send 'Authorization: Bearer <jwt>', a 'bearer.<jwt>' subprotocol "
+                "or a 'token' query parameter"
+            )
+        return await self.authenticator.authenticate(token)
+
+
+def _too_large(message: str | bytes, limit: int) -> bool:
+    if len(message) > limit:
+        return True
+    # A character is at most 4 UTF-8 bytes: only encode when the count alone cannot tell.
+    return isinstance(message, str) and len(message) * 4 > limit and len(message.encode()) > limit
+
+
+def _welcome(connection: Connection) -> Welcome:
+    principal = connection.principal
+    return Welcome(connection.id, principal.user_id, _unix(principal.expires_at))
+
+
+def _unix(expires_at: float | None) -> int | None:
+    return None if expires_at is None else int(expires_at)
+
+
+def _deadline(principal: Principal) -> float:
+    """The token's expiry on anyio's clock (``inf`` for a token that never expires)."""
+    if principal.expires_at is None:
+        return float("inf")
+    return anyio.current_time() + (principal.expires_at - time.time())

@@ -1,0 +1,198 @@
+"""The mountable ASGI app: the websocket endpoint, the HTTP publish API, health and metrics.
+
+::
+
+    app.mount("/notify", hub.asgi_app(JWTAuthenticator(secret=...), api_key="..."))
+
+Routes (relative to where it is mounted):
+
+* ``GET /ws`` — the websocket endpoint (a plain ASGI handler, no framework class per message);
+* ``POST /publish`` — publish one notification (``Authorization: Bearer <api key>``);
+* ``GET /healthz`` — always 200: ``{"status": "ok" | "degraded", "connections", "users"}``;
+* ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
+* ``GET /metrics`` — Prometheus text format.
+
+When it is the root ASGI app (as under ``notifykit serve``) it also runs the hub for the
+server's lifespan; when mounted, the host app enters the hub in its own lifespan.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .adapters.asgi import WebSocketEndpoint
+from .errors import InvalidNotification, PropagationError
+from .publish import parse_publish
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from starlette.requests import Request
+
+    from .adapters.asgi import Receive, Scope, Send
+    from .gateway import Gateway
+    from .hub import Hub
+
+__all__ = ["NotifyApp", "render_metrics"]
+
+logger = logging.getLogger("notifykit.service")
+
+
+class NotifyApp:
+    """The ASGI app serving one gateway and its hub; see the module docstring for routes.
+
+    ``api_keys`` are the keys accepted by ``POST /publish`` (several, to rotate keys without
+    downtime); with none, the HTTP publish API answers 403. ``max_publish_bytes`` bounds a
+    publish body (413 beyond).
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        api_keys: Iterable[str] = (),
+        max_publish_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.gateway = gateway
+        self.hub: Hub = gateway.hub
+        self.api_keys = tuple(key.encode() for key in api_keys if key)
+        self.max_publish_bytes = max_publish_bytes
+        self.websocket = WebSocketEndpoint(gateway)
+        self.http = Starlette(
+            routes=[
+                Route("/publish", self.publish, methods=["POST"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+            ]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch websocket, lifespan and HTTP scopes."""
+        kind = scope["type"]
+        if kind == "websocket":
+            if _route_path(scope) in ("/ws", "/ws/"):
+                await self.websocket(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1000})  # a 403 handshake reply
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        if self.hub.running:  # the host app runs the hub itself
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        try:
+            await self.hub.__aenter__()
+        except Exception as exc:
+            logger.exception("hub failed to start")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        try:
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        finally:
+            await self.hub.aclose()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        given = key.strip().encode()
+        # Compare against every key so timing does not tell which one (or whether any) matched.
+        return sum(hmac.compare_digest(given, k) for k in self.api_keys) > 0
+
+    async def publish(self, request: Request) -> Response:
+        """``POST /publish``: 202 ``{"id"}``, or 400/401/403/413/503 with a clear message."""
+        if not self.api_keys:
+            return _error(403, "disabled", "the publish API is disabled: configure an API key")
+        if not self._authorized(request):
+            return _error(401, "unauthorized", "missing or invalid API key")
+        body = await _read_body(request, self.max_publish_bytes)
+        if body is None:
+            return _error(413, "too_large", f"body larger than {self.max_publish_bytes} bytes")
+        try:
+            req = parse_publish(body)
+            notification_id = await self.hub.publish(
+                req.target, req.event, req.data, exclude=req.exclude
+            )
+        except InvalidNotification as exc:
+            return _error(400, "bad_request", str(exc))
+        except PropagationError as exc:
+            return _error(503, "unavailable", f"could not propagate the notification: {exc}")
+        except RuntimeError as exc:  # the hub is not running
+            return _error(503, "unavailable", str(exc))
+        return JSONResponse({"id": notification_id}, status_code=202)
+
+    async def healthz(self, request: Request) -> Response:
+        """``GET /healthz``: always 200, with this instance's status and counts."""
+        return JSONResponse(self._health())
+
+    async def readyz(self, request: Request) -> Response:
+        """``GET /readyz``: 200 when this instance can serve, 503 while degraded."""
+        health = self._health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        """``GET /metrics``: counters and gauges in Prometheus text format."""
+        return PlainTextResponse(
+            render_metrics(self.hub.statistics()), media_type="text/plain; version=0.0.4"
+        )
+
+    def _health(self) -> dict[str, Any]:
+        state = self.hub.state
+        return {
+            "status": "ok" if self.hub.healthy else "degraded",
+            "connections": state.connection_count,
+            "users": state.user_count,
+        }
+
+
+def render_metrics(stats: Mapping[str, float]) -> str:
+    """Render statistics as Prometheus text: every name gets the ``notifykit_`` prefix."""
+    lines = []
+    for name, value in sorted(stats.items()):
+        metric = "notifykit_" + "".join(c if c.isalnum() else "_" for c in name)
+        lines.append(f"{metric} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (as Starlette computes it for mounted apps)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
