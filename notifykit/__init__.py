@@ -24,10 +24,11 @@ from .errors import (
 )
 from .gateway import Gateway
 from .hub import Hub
-from .jwt import JWTAuthenticator, claim_topics_policy, mint_token
+from .jwt import JWTAuthenticator, mint_token
 from .memory import MemoryBus, MemoryPropagator, MemorySocketState
 from .model import Handshake, Principal, ToAuthenticated, ToEveryone, ToTopic, ToUsers
 from .protocols import Authenticator, Propagator, SocketState, TopicPolicy, Transport
+from .topics import claim_topics_policy
 from .wire import SUBPROTOCOL, CloseCode
 
 __version__ = "0.1.0"

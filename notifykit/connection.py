@@ -81,6 +81,11 @@ class Connection:
         if self._scope is not None:
             self._scope.cancel()
 
+    def release(self) -> None:
+        """Close both ends of the outbound queue (after the connection is unregistered)."""
+        self._inbox.close()
+        self.outbox.close()
+
     @property
     def queued(self) -> int:
         """Frames waiting to be sent."""

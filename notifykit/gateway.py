@@ -23,8 +23,8 @@ from .errors import (
     ProtocolError,
     TransportClosed,
 )
-from .jwt import claim_topics_policy
 from .model import Handshake, Principal, validate_topic
+from .topics import claim_topics_policy
 from .wire import (
     SUBPROTOCOL,
     CloseCode,
@@ -142,7 +142,7 @@ class Gateway:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.hub.detach(connection)
-                connection.outbox.close()
+                connection.release()
                 metrics["connections_closed"] += 1
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1

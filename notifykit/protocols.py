@@ -53,7 +53,8 @@ class SocketState(Protocol):
 
     Adding and removing are O(1); a key whose last connection leaves is forgotten (no empty
     entries are left behind). It is local to one instance and not thread-safe: all calls happen
-    on the event loop.
+    on the event loop. The hub registers every connection under ``BROADCAST_KEY`` (``"all"``)
+    and every authenticated one under ``u:<user id>``; the counts rely on that convention.
     """
 
     def add(self, key: str, connection: Connection) -> bool:
@@ -68,7 +69,11 @@ class SocketState(Protocol):
         ...
 
     def members(self, key: str) -> Collection[Connection]:
-        """The connections under ``key`` (empty if none). Callers must not mutate it."""
+        """The connections under ``key`` (empty if none).
+
+        May be a live view: callers must not mutate it, and must copy it before adding or
+        removing connections while iterating.
+        """
         ...
 
     def keys(self) -> Collection[str]:
@@ -92,7 +97,8 @@ class Propagator(Protocol):
 
     Contract:
 
-    * ``start(deliver)`` begins the lifecycle; ``aclose()`` ends it and is idempotent.
+    * ``start(deliver)`` begins the lifecycle; ``aclose()`` ends it, is idempotent, and once it
+      returns ``deliver`` is never called again.
     * After ``subscribe(keys)`` returns, every payload published to one of ``keys`` — by this
       instance or any other sharing the backend — is passed to ``deliver(key, payload)``
       exactly once, in publish order per key, until ``unsubscribe``. Payloads for keys this

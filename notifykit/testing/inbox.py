@@ -114,3 +114,4 @@ async def inbox(
         yield Inbox(connection)
     finally:
         await hub.detach(connection)
+        connection.release()
