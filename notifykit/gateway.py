@@ -136,20 +136,24 @@ class Gateway:
         except PropagationError as exc:
             logger.warning("could not register connection %s: %s", connection.id, exc)
             connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
+            connection.release()  # drop the queued welcome: it must not be sent
         except Exception:
             logger.exception("connection %s failed", connection.id)
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             with anyio.CancelScope(shield=True):
                 await self.hub.detach(connection)
+                code = connection.close_code
+                if code is not None:
+                    with anyio.move_on_after(self.close_timeout):
+                        if code != CloseCode.SLOW_CONSUMER:
+                            await _flush(connection, transport)
+                        await transport.close(code, connection.close_reason)
                 connection.release()
                 metrics["connections_closed"] += 1
-                if connection.close_code == CloseCode.SLOW_CONSUMER:
+                if code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
                     logger.warning("closed slow consumer %s", connection.id)
-                if connection.close_code is not None:
-                    with anyio.move_on_after(self.close_timeout):
-                        await transport.close(connection.close_code, connection.close_reason)
 
     async def _refuse(
         self, transport: Transport, subprotocol: str | None, code: int, reason: str
@@ -276,6 +280,19 @@ class Gateway:
                 "or a 'token' query parameter"
             )
         return await self.authenticator.authenticate(token)
+
+
+async def _flush(connection: Connection, transport: Transport) -> None:
+    """Send what is still queued (a closing server sends what it already accepted)."""
+    while True:
+        try:
+            frame = connection.outbox.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+        try:
+            await transport.send(frame)
+        except TransportClosed:
+            return
 
 
 def _too_large(message: str | bytes, limit: int) -> bool:

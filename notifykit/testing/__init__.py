@@ -1,5 +1,11 @@
 """Tools for testing notifykit and code built on it.
 
-:mod:`notifykit.testing.conformance` holds the conformance suite: the contracts of
-:mod:`notifykit.protocols` as executable checks that every implementation must pass.
+:func:`inbox` (from :mod:`notifykit.testing.inbox`) collects what a user would receive, for
+unit tests of code that sends notifications. :mod:`notifykit.testing.conformance` holds the
+conformance suite: the contracts of :mod:`notifykit.protocols` as executable checks that every
+implementation must pass.
 """
+
+from .inbox import Inbox, inbox
+
+__all__ = ["Inbox", "inbox"]
