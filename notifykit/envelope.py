@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from .model import Target, ToTopic, routing_keys
 from .wire import encode_notification
 
 __all__ = ["Envelope", "IdGenerator", "pack", "unpack"]
+
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class IdGenerator:
@@ -62,8 +65,10 @@ class Envelope:
     def __post_init__(self) -> None:
         if not isinstance(self.event, str) or not self.event or len(self.event) > 256:
             raise InvalidNotification("event must be a non-empty string of at most 256 characters")
-        if self.exclude is not None and (not isinstance(self.exclude, str) or "\n" in self.exclude):
-            raise InvalidNotification("exclude must be a connection id")
+        if self.exclude is not None and (
+            not isinstance(self.exclude, str) or _CONNECTION_ID.fullmatch(self.exclude) is None
+        ):
+            raise InvalidNotification("exclude must be a connection id (from the welcome frame)")
 
     def frame(self) -> str:
         """The ``notification`` frame clients receive, as JSON text."""

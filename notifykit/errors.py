@@ -40,12 +40,14 @@ class ProtocolError(NotifyKitError, ValueError):
     """A client frame is not valid ``notifykit.v1``.
 
     ``code`` is the snake_case error code sent back to the client in an ``error`` frame
-    (``bad_frame``, ``unknown_type``, ``frame_too_large``); ``str(exc)`` is the human message.
+    (``bad_frame``, ``unknown_type``, ``frame_too_large``); ``str(exc)`` is the human message;
+    ``ref`` is the client's request reference, when the frame had a valid one.
     """
 
-    def __init__(self, message: str, code: str = "bad_frame") -> None:
+    def __init__(self, message: str, code: str = "bad_frame", ref: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.ref = ref
 
 
 class InvalidNotification(NotifyKitError, ValueError):

@@ -193,7 +193,7 @@ class Gateway:
                     if bad_frames >= self.max_bad_frames:
                         connection.close(CloseCode.BAD_FRAME, "too many invalid frames")
                         return
-                    connection.offer(encode(Error(exc.code, str(exc))))
+                    connection.offer(encode(Error(exc.code, str(exc), exc.ref)))
                     continue
                 bad_frames = 0
                 await self._handle(connection, frame, expiry)
@@ -211,7 +211,8 @@ class Gateway:
             case Subscribe(topic, ref):
                 connection.offer(encode(await self._subscribe(connection, topic, ref)))
             case Unsubscribe(topic, ref):
-                await self.hub.unsubscribe(connection, topic)
+                if topic in connection.topics:
+                    await self.hub.unsubscribe(connection, topic)
                 connection.offer(encode(Unsubscribed(topic, ref)))
             case Refresh(token, ref):
                 connection.offer(encode(await self._refresh(connection, token, ref, expiry)))

@@ -56,7 +56,9 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     """The server is shutting down; reconnect (to another instance)."""
     MESSAGE_TOO_BIG = 1009
-    """A client frame exceeded the size limit."""
+    """Sent by the websocket server itself for a frame beyond its hard limit (``notifykit
+    serve`` sets it to 4x ``max_frame_bytes``); smaller oversized frames get an ``error``
+    frame ``frame_too_large`` and the connection stays open."""
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     """The server could not register the connection (e.g. Redis unreachable); retry with backoff."""
@@ -208,7 +210,7 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
     if not isinstance(text, str):
         raise ProtocolError("binary frames are not supported; send JSON text frames")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise ProtocolError("frame is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -217,6 +219,10 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
     if not isinstance(kind, str):
         raise ProtocolError('frame needs a string "type" field')
     return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _ref(obj: dict[str, Any]) -> str | None:
@@ -234,6 +240,11 @@ def _str_field(obj: dict[str, Any], name: str, max_length: int) -> str:
         raise ProtocolError(f'"{obj["type"]}" needs a non-empty string "{name}"')
     if len(value) > max_length:
         raise ProtocolError(f'"{name}" is longer than {max_length} characters')
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise ProtocolError(f'"{name}" is not valid Unicode') from None
     return value
 
 
@@ -241,22 +252,27 @@ def parse_client(text: str | bytes) -> ClientFrame:
     """Parse one frame from a client.
 
     Raises :class:`~notifykit.errors.ProtocolError` — and nothing else, whatever the input —
-    with ``code`` ``bad_frame`` (not JSON, wrong shape) or ``unknown_type``. Unknown fields are
+    with ``code`` ``bad_frame`` (not JSON, wrong shape, text that is not valid Unicode) or
+    ``unknown_type``, and ``ref`` set when the frame carried a valid one. Unknown fields are
     ignored, so clients may add their own. Topic names are checked for shape by the gateway,
     which answers ``invalid_topic``.
     """
     obj = _load_object(text)
     kind = obj["type"]
     ref = _ref(obj)
-    if kind == "ping":
-        return Ping(ref)
-    if kind == "subscribe":
-        return Subscribe(_str_field(obj, "topic", 256), ref)
-    if kind == "unsubscribe":
-        return Unsubscribe(_str_field(obj, "topic", 256), ref)
-    if kind == "refresh":
-        return Refresh(_str_field(obj, "token", MAX_TOKEN_LENGTH), ref)
-    raise ProtocolError(f"unknown frame type {kind[:32]!r}", code=ErrorCode.UNKNOWN_TYPE)
+    try:
+        if kind == "ping":
+            return Ping(ref)
+        if kind == "subscribe":
+            return Subscribe(_str_field(obj, "topic", 256), ref)
+        if kind == "unsubscribe":
+            return Unsubscribe(_str_field(obj, "topic", 256), ref)
+        if kind == "refresh":
+            return Refresh(_str_field(obj, "token", MAX_TOKEN_LENGTH), ref)
+        raise ProtocolError(f"unknown frame type {kind[:32]!r}", code=ErrorCode.UNKNOWN_TYPE)
+    except ProtocolError as exc:
+        exc.ref = ref  # a valid ref is echoed even when the rest of the frame is not
+        raise
 
 
 def _opt_str(obj: dict[str, Any], name: str) -> str | None:
