@@ -34,6 +34,7 @@ from .model import (
     users,
     validate_topic,
 )
+from .presence import MemoryPresence
 from .wire import CloseCode
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .connection import Connection
-    from .protocols import Authenticator, Propagator, SocketState, TopicPolicy
+    from .protocols import Authenticator, Presence, Propagator, SocketState, TopicPolicy
     from .service import NotifyApp
 
 __all__ = ["Hub"]
@@ -68,7 +69,9 @@ class Hub:
     """Sends notifications and routes them to the connections this instance holds.
 
     ``propagator`` defaults to a :class:`~notifykit.memory.MemoryPropagator` (one process);
-    pass a Redis propagator to scale out. ``subscribe_timeout`` bounds how long registering a
+    pass a Redis propagator to scale out. ``presence`` defaults to a
+    :class:`~notifykit.presence.MemoryPresence`; pass a ``RedisPresence`` for cluster-wide
+    presence. ``subscribe_timeout`` bounds how long registering a
     connection may wait for the propagator to confirm a subscription. Use it as an async
     context manager: entering starts the propagator, leaving closes every connection with
     ``1001 going away`` (waiting up to ``shutdown_timeout`` seconds) and stops it.
@@ -78,12 +81,14 @@ class Hub:
         self,
         propagator: Propagator | None = None,
         *,
+        presence: Presence | None = None,
         socket_state: SocketState | None = None,
         subscribe_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
     ) -> None:
         self.propagator: Propagator = propagator if propagator is not None else MemoryPropagator()
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
+        self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.metrics: Counter[str] = Counter()
         """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
         self._subscribe_timeout = subscribe_timeout
@@ -99,6 +104,11 @@ class Hub:
         if self._running:
             raise RuntimeError("this hub is already running")
         await self.propagator.start(self._deliver)
+        try:
+            await self.presence.start()
+        except BaseException:
+            await self.propagator.aclose()
+            raise
         self._running = True
         return self
 
@@ -123,7 +133,10 @@ class Hub:
                     connection.close(CloseCode.GOING_AWAY, "server shutting down")
                 with anyio.move_on_after(self._shutdown_timeout):
                     await self._drained.wait()
-            await self.propagator.aclose()
+            try:
+                await self.presence.aclose()
+            finally:
+                await self.propagator.aclose()
 
     @property
     def running(self) -> bool:
@@ -133,7 +146,7 @@ class Hub:
     @property
     def healthy(self) -> bool:
         """False while the propagator cannot reach its backend."""
-        return self._running and self.propagator.healthy
+        return self._running and self.propagator.healthy and self.presence.healthy
 
     # --- sending --------------------------------------------------------------------------
 
@@ -213,11 +226,26 @@ class Hub:
         if not self._running:
             raise RuntimeError("the hub is not running: use `async with hub:`")
         await self._join(connection, connection.principal.routing_keys())
+        user_id = connection.principal.user_id
+        if user_id is not None:
+            try:
+                await self.presence.connected(user_id, connection.id)
+            except PropagationError as exc:
+                # Not fatal: delivery works, and the presence heartbeat registers it later.
+                logger.warning("presence could not record %s: %s", connection.id, exc)
 
     async def detach(self, connection: Connection) -> None:
         """Unregister a connection from every key; idempotent; never raises for the propagator."""
+        had_keys = bool(connection.keys)
         await self._leave(connection, list(connection.keys))
         connection.topics.clear()
+        user_id = connection.principal.user_id
+        if had_keys and user_id is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.presence.disconnected(user_id, connection.id)
+                except PropagationError as exc:
+                    logger.warning("presence could not forget %s: %s", connection.id, exc)
         if self._drained is not None and self.state.connection_count == 0:
             self._drained.set()
 
@@ -232,9 +260,27 @@ class Hub:
         connection.topics.discard(topic)
         await self._leave(connection, (topic_key(topic),))
 
-    def connections_of(self, user_id: str) -> Collection[Connection]:
+    def local_connections(self, user_id: str) -> Collection[Connection]:
         """This instance's connections of ``user_id``."""
         return self.state.members(user_key(user_id))
+
+    # --- presence (cluster-wide with a Redis presence) ------------------------------------
+
+    async def is_online(self, user_id: str) -> bool:
+        """True if ``user_id`` has a connection on any live instance."""
+        return await self.presence.is_online(user_id)
+
+    async def connections_of(self, user_id: str) -> list[str]:
+        """The connection ids of ``user_id`` on every live instance."""
+        return await self.presence.connections_of(user_id)
+
+    async def online_users(self, limit: int = 10_000) -> list[str]:
+        """Users online anywhere (at most ``limit``)."""
+        return await self.presence.online_users(limit)
+
+    async def online_count(self) -> int:
+        """How many users are online anywhere."""
+        return await self.presence.online_count()
 
     async def _join(self, connection: Connection, keys: Iterable[str]) -> None:
         new: list[str] = []
@@ -329,4 +375,6 @@ class Hub:
         stats.update(self.metrics)
         for name, value in self.propagator.statistics().items():
             stats["propagator_" + name] = value
+        for name, value in self.presence.statistics().items():
+            stats["presence_" + name] = value
         return stats

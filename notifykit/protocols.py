@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .model import Principal
 
-__all__ = ["Authenticator", "Deliver", "Propagator", "SocketState", "TopicPolicy", "Transport"]
+__all__ = [
+    "Authenticator",
+    "Deliver",
+    "Presence",
+    "Propagator",
+    "SocketState",
+    "TopicPolicy",
+    "Transport",
+]
 
 Deliver: TypeAlias = Callable[[str, bytes], None]
 """Called by a propagator for every message it receives: ``deliver(routing_key, payload)``.
@@ -166,4 +174,75 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code`` and ``reason``; never raises, even if already closed."""
+        ...
+
+
+@runtime_checkable
+class Presence(Protocol):
+    """Which users are online, across every instance of a deployment.
+
+    Each instance records its own authenticated connections (``connected``/``disconnected``);
+    any instance can ask about any user. Contract:
+
+    * ``start()`` begins the lifecycle and is a no-op if already started; it does not fail
+      because the backend is unreachable (``healthy`` says so instead). ``aclose()`` ends it,
+      removes every entry this instance recorded at once, and is idempotent.
+    * Before ``start()`` and after ``aclose()``, every other call raises :class:`RuntimeError`,
+      except ``disconnected``, which is a no-op after ``aclose()`` (the entries are gone).
+    * When ``connected(user, conn)`` returns, every instance sees ``user`` online with ``conn``
+      among its connections; when ``disconnected`` returns, no instance sees ``conn`` any more,
+      and ``user`` is offline once no instance holds a connection of theirs. Both are
+      idempotent (a connection is recorded once, however often it is reported), cheap, and safe
+      to call from many tasks at once; concurrent calls may share one round trip.
+    * ``is_online`` and ``connections_of`` are exact for live instances. ``online_users`` and
+      ``online_count`` count each user once however many connections and instances they have;
+      a networked implementation may lag behind a disconnection by a bounded time (it says
+      how long). An instance that dies without ``aclose()`` stops counting within a bounded,
+      configurable time (its ``ttl``).
+    * Backend failures raise :class:`~notifykit.errors.PropagationError`, never a backend's own
+      error. A ``connected`` that raised is still remembered by this instance and registered
+      once the backend is back; a ``disconnected`` that raised expires within the ``ttl``.
+    * ``healthy`` is False while the backend is unreachable.
+    """
+
+    async def start(self) -> None:
+        """Begin recording (for Redis: start the heartbeat). A no-op if already started."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop, and remove every entry this instance recorded. Idempotent."""
+        ...
+
+    async def connected(self, user_id: str, connection_id: str) -> None:
+        """Record that this instance holds connection ``connection_id`` of ``user_id``."""
+        ...
+
+    async def disconnected(self, user_id: str, connection_id: str) -> None:
+        """Forget connection ``connection_id`` of ``user_id``; unknown ones are a no-op."""
+        ...
+
+    async def is_online(self, user_id: str) -> bool:
+        """True if ``user_id`` has a connection on any live instance."""
+        ...
+
+    async def connections_of(self, user_id: str) -> list[str]:
+        """The ids of ``user_id``'s connections on every live instance, in no set order."""
+        ...
+
+    async def online_users(self, limit: int = 10_000) -> list[str]:
+        """Up to ``limit`` distinct users online anywhere, in no set order (none if ``limit``
+        is 0 or less)."""
+        ...
+
+    async def online_count(self) -> int:
+        """How many distinct users are online anywhere."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while the backend is unreachable."""
+        ...
+
+    def statistics(self) -> Mapping[str, int]:
+        """Counters for metrics (local connections, heartbeats...); names are snake_case."""
         ...

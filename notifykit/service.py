@@ -10,7 +10,9 @@ Routes (relative to where it is mounted):
 * ``POST /publish`` — publish one notification (``Authorization: Bearer <api key>``);
 * ``GET /healthz`` — always 200: ``{"status": "ok" | "degraded", "connections", "users"}``;
 * ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
-* ``GET /metrics`` — Prometheus text format.
+* ``GET /metrics`` — Prometheus text format;
+* ``GET /presence/<user_id>`` — ``{"user", "online", "connections"}`` across every instance;
+  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key).
 
 When it is the root ASGI app (as under ``notifykit serve``) it also runs the hub for the
 server's lifespan; when mounted, the host app enters the hub in its own lifespan.
@@ -70,6 +72,8 @@ class NotifyApp:
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/metrics", self.metrics, methods=["GET"]),
+                Route("/presence", self.presence_summary, methods=["GET"]),
+                Route("/presence/{user_id:path}", self.presence, methods=["GET"]),
             ]
         )
 
@@ -118,10 +122,9 @@ class NotifyApp:
 
     async def publish(self, request: Request) -> Response:
         """``POST /publish``: 202 ``{"id"}``, or 400/401/403/413/503 with a clear message."""
-        if not self.api_keys:
-            return _error(403, "disabled", "the publish API is disabled: configure an API key")
-        if not self._authorized(request):
-            return _error(401, "unauthorized", "missing or invalid API key")
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         body = await _read_body(request, self.max_publish_bytes)
         if body is None:
             return _error(413, "too_large", f"body larger than {self.max_publish_bytes} bytes")
@@ -137,6 +140,38 @@ class NotifyApp:
         except RuntimeError as exc:  # the hub is not running
             return _error(503, "unavailable", str(exc))
         return JSONResponse({"id": notification_id}, status_code=202)
+
+    async def presence(self, request: Request) -> Response:
+        """``GET /presence/<user_id>``: is the user online anywhere, with how many connections."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        user_id = request.path_params["user_id"]
+        try:
+            connections = await self.hub.connections_of(user_id)
+        except PropagationError as exc:
+            return _error(503, "unavailable", f"presence is unavailable: {exc}")
+        return JSONResponse(
+            {"user": user_id, "online": bool(connections), "connections": len(connections)}
+        )
+
+    async def presence_summary(self, request: Request) -> Response:
+        """``GET /presence``: how many users are online anywhere."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            count = await self.hub.online_count()
+        except PropagationError as exc:
+            return _error(503, "unavailable", f"presence is unavailable: {exc}")
+        return JSONResponse({"online": count})
+
+    def _refusal(self, request: Request) -> Response | None:
+        if not self.api_keys:
+            return _error(403, "disabled", "the HTTP API is disabled: configure an API key")
+        if not self._authorized(request):
+            return _error(401, "unauthorized", "missing or invalid API key")
+        return None
 
     async def healthz(self, request: Request) -> Response:
         """``GET /healthz``: always 200, with this instance's status and counts."""

@@ -160,7 +160,7 @@ async def test_welcome_is_the_first_frame_with_connection_id_user_and_expiry(
     signed = token("42")
     async with connect(gateway, handshake(signed)) as client:
         frame = await welcome(client)
-        (connection,) = hub.connections_of("42")
+        (connection,) = hub.local_connections("42")
         assert frame.connection_id == connection.id
         assert frame.user == "42"
         assert frame.expires_at == int(await expiry_of(signed))
@@ -574,8 +574,8 @@ async def test_a_refresh_with_another_users_token_is_forbidden_and_changes_nothi
         reply = await request(client, type="refresh", token=token("43", ttl=60), ref="r1")
         assert isinstance(reply, Error)
         assert (reply.code, reply.ref) == ("forbidden", "r1")
-        assert len(hub.connections_of("42")) == 1
-        assert len(hub.connections_of("43")) == 0
+        assert len(hub.local_connections("42")) == 1
+        assert len(hub.local_connections("43")) == 0
         # Still bound to the first token: it expires at that token's exp, not 60 s later.
         assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
 
@@ -619,7 +619,7 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_the_others_keep_re
 
         assert (await slow.closed())[0] == CloseCode.SLOW_CONSUMER
         assert hub.metrics["slow_consumer_closes"] == 1
-        assert len(hub.connections_of("42")) == 1
+        assert len(hub.local_connections("42")) == 1
         got = [frame.id for frame in await read_until_closed(slow, Notification)]
         assert 1 <= len(got) < len(sent)
         assert got == sent[: len(got)]

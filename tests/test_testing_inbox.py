@@ -193,7 +193,7 @@ async def test_an_inbox_is_registered_like_a_connection_and_unregistered_on_exit
 ) -> None:
     async with inbox(hub, "1", topics=["news"]) as box:
         assert isinstance(box, Inbox)
-        assert [c.id for c in hub.connections_of("1")] == [box.connection_id]
+        assert [c.id for c in hub.local_connections("1")] == [box.connection_id]
         assert (hub.state.connection_count, hub.state.user_count) == (1, 1)
     assert list(hub.state.keys()) == []
     assert hub.propagator.statistics()["subscriptions"] == 0
