@@ -1,0 +1,58 @@
+"""The Redis propagators pass the conformance suite (notifykit.testing.conformance), against a
+real redis-server and a real 3-master Redis Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from servers import RedisClusterServers, RedisServer
+
+from notifykit.protocols import Propagator
+from notifykit.redis import RedisClusterPropagator, RedisPropagator
+from notifykit.testing.conformance import PROPAGATOR_CHECKS, PropagatorFactory
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+def redis_propagators(url: str) -> PropagatorFactory:
+    """New RedisPropagators on one server, like the instances of one deployment."""
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Propagator]:
+        propagator = RedisPropagator(url, prefix="nk-conformance")
+        try:
+            yield propagator
+        finally:
+            await propagator.aclose()
+
+    return factory
+
+
+def cluster_propagators(url: str) -> PropagatorFactory:
+    """New RedisClusterPropagators on one cluster."""
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Propagator]:
+        propagator = RedisClusterPropagator(url, prefix="nk-conformance")
+        try:
+            yield propagator
+        finally:
+            await propagator.aclose()
+
+    return factory
+
+
+@pytest.mark.parametrize("check", PROPAGATOR_CHECKS, ids=lambda check: check.__name__)
+async def test_redis_propagator_passes(
+    check: Callable[[PropagatorFactory], Awaitable[None]], redis_server: RedisServer
+) -> None:
+    await check(redis_propagators(redis_server.url))
+
+
+@pytest.mark.parametrize("check", PROPAGATOR_CHECKS, ids=lambda check: check.__name__)
+async def test_redis_cluster_propagator_passes(
+    check: Callable[[PropagatorFactory], Awaitable[None]], redis_cluster: RedisClusterServers
+) -> None:
+    await check(cluster_propagators(redis_cluster.url))
