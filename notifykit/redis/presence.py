@@ -22,8 +22,6 @@ import logging
 import math
 import random
 import secrets
-import time
-import zlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,45 +30,20 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import ConfigurationError, PropagationError
-from ._errors import CONNECTION_ERRORS, propagation_error
+from ._errors import CONNECTION_ERRORS
+from ._presence_store import BUCKETS as BUCKETS
+from ._presence_store import PresenceStore
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Mapping
+
+    from ._presence_store import Command
 
 __all__ = ["RedisPresence"]
 
 logger = logging.getLogger("notifykit.redis.presence")
 
-BUCKETS = 16
-"""How many online indexes users are spread over. Part of the data layout: every instance
-sharing a prefix must agree on it, so it is not a setting."""
-
-_MEMBERS_PER_COMMAND = 1000  # members per ZADD/ZREM/EVAL: bounds command size and Lua's stack
-_COMMANDS_PER_PIPELINE = 2000  # bounds the memory one pipeline holds
 _PRUNE_EVERY = 3  # heartbeats between prunings of the users' keys (i.e. once per ttl)
-
-# KEYS: user key, online index. ARGV: now (ms), user id, then connection members to remove.
-# Removes the members and dead entries; if no live member is left, the user leaves the index.
-_REMOVE_SCRIPT = """
-if #ARGV > 2 then redis.call('ZREM', KEYS[1], unpack(ARGV, 3)) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: any key (it only routes the script to one fixed node of a cluster). Returns TIME.
-_TIME_SCRIPT = "return redis.call('TIME')"
-
-
-def _bucket(user_id: str) -> int:
-    return zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % BUCKETS
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class RedisPresence:
@@ -127,15 +100,21 @@ class RedisPresence:
         except ValueError as exc:
             raise ConfigurationError(f"unusable Redis URL for presence: {exc}") from None
         self._client = client
-        self._prefix = f"{prefix}:presence"
-        self._clock_key = f"{self._prefix}:{{0}}:clock"  # never written; routes TIME
         self.instance_id = instance_id
         """This instance's name in Redis: the part before ``/`` in connection members."""
         self.ttl = float(ttl)
         """Seconds after which entries not refreshed by a heartbeat are dead."""
         self.heartbeat_interval = self.ttl / 3
         """Seconds between two heartbeats."""
-        self._ttl_ms = round(self.ttl * 1000)
+        ttl_ms = round(self.ttl * 1000)
+        self._store = PresenceStore(
+            client,
+            address=self._address,
+            prefix=f"{prefix}:presence",
+            instance_id=instance_id,
+            ttl_ms=ttl_ms,
+            key_ttl_ms=ttl_ms + round(self.heartbeat_interval * 1000),
+        )
         self._timeout = float(timeout)
         self._state = "new"  # "new" → "running" → "closed"
         self._local: dict[str, set[str]] = {}
@@ -146,45 +125,11 @@ class RedisPresence:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._first_beat = asyncio.Event()
-        self._clock_offset: float | None = None  # Redis time (ms) minus monotonic time (ms)
         self._healthy = False
         self._heartbeats = 0
         self._heartbeat_failures = 0
         self._writes = 0
         self._write_failures = 0
-
-    # -- keys and time -----------------------------------------------------------------------
-
-    def _user_key(self, user_id: str, bucket: int) -> str:
-        return f"{self._prefix}:{{{bucket}}}:u:{user_id}"
-
-    def _index_key(self, bucket: int) -> str:
-        return f"{self._prefix}:{{{bucket}}}:online"
-
-    def _member(self, connection_id: str) -> str:
-        return f"{self.instance_id}/{connection_id}"
-
-    async def _sync_clock(self) -> float:
-        """Measure (one round trip), remember and return the offset between the Redis clock
-        and ours. Every instance so reads the same clock, whatever its own says."""
-        before = time.monotonic()
-        seconds, micros = await self._client.execute_command(
-            "EVAL", _TIME_SCRIPT, 1, self._clock_key
-        )
-        after = time.monotonic()
-        redis_ms = int(seconds) * 1000 + int(micros) / 1000
-        offset = self._clock_offset = redis_ms - (before + after) * 500
-        return offset
-
-    async def _now_ms(self) -> int:
-        """Now on the Redis clock, in milliseconds."""
-        offset = self._clock_offset
-        if offset is None:
-            offset = await self._sync_clock()
-        return int(time.monotonic() * 1000 + offset)
-
-    def _error(self, action: str, exc: BaseException) -> PropagationError:
-        return propagation_error(action, self._address, exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -242,12 +187,12 @@ class RedisPresence:
             return
         try:
             async with asyncio.timeout(self._timeout):
-                now = await self._now_ms()
-                commands: list[tuple[Any, ...]] = []
+                now = await self._store.now_ms()
+                commands: list[Command] = []
                 for user_id in users:
                     members = self._local.get(user_id, set()) | self._dirty.get(user_id, set())
-                    commands.extend(self._remove_commands(user_id, members, now))
-                await self._execute(commands)
+                    commands.extend(self._store.remove_commands(user_id, members, now))
+                await self._store.execute(commands)
         except CONNECTION_ERRORS as exc:
             logger.warning(
                 "presence %s: could not remove its %d users from Redis at %s on close (%s); "
@@ -418,133 +363,40 @@ class RedisPresence:
 
     async def _write(self, dirty: dict[str, set[str]], *, full: bool) -> None:
         """One heartbeat (``full``: every local connection) or one batch of marked changes."""
+        store = self._store
         try:
             if full:
-                await self._sync_clock()
-            now = await self._now_ms()
+                await store.sync_clock()
+            now = await store.now_ms()
         except CONNECTION_ERRORS as exc:
-            raise self._error("read the Redis clock", exc) from exc
-        expiry = now + self._ttl_ms
-        commands: list[tuple[Any, ...]] = []
-        if full:
-            adds: dict[str, Collection[str]] = dict(self._local)
-        else:
-            adds = {}
-        for user_id, touched in dirty.items():
-            live = self._local.get(user_id, ())
-            gone = [c for c in touched if c not in live]
-            if gone:
-                commands.extend(self._remove_commands(user_id, gone, now))
-            if not full:
-                added = [c for c in touched if c in live]
-                if added:
-                    adds[user_id] = added
-        commands[:0] = self._add_commands(adds, expiry)
-        if full:
-            for bucket in range(BUCKETS):
-                commands.append(("ZREMRANGEBYSCORE", self._index_key(bucket), "-inf", now))
-            if self._heartbeats % _PRUNE_EVERY == 0:
-                for user_id in self._local:
-                    key = self._user_key(user_id, _bucket(user_id))
-                    commands.append(("ZREMRANGEBYSCORE", key, "-inf", now))
+            raise store.error("read the Redis clock", exc) from exc
+        prune = full and self._heartbeats % _PRUNE_EVERY == 0
+        commands = store.write_commands(self._local, dirty, now, full=full, prune=prune)
         if not commands:
             return
         if not full:
             self._writes += 1
         try:
-            await self._execute(commands)
+            await store.execute(commands)
         except CONNECTION_ERRORS as exc:
-            raise self._error("write presence", exc) from exc
-
-    def _add_commands(
-        self, adds: Mapping[str, Collection[str]], expiry: int
-    ) -> list[tuple[Any, ...]]:
-        """ZADD each user's connections and the user to their index, with a new expiry.
-
-        A user's key and index entry are written in this order, and in one slot: a concurrent
-        removal script on another instance runs wholly before or after, never in between."""
-        commands: list[tuple[Any, ...]] = []
-        key_ttl = self._ttl_ms + round(self.heartbeat_interval * 1000)
-        by_bucket: dict[int, list[str]] = {}
-        for user_id, connection_ids in adds.items():
-            bucket = _bucket(user_id)
-            key = self._user_key(user_id, bucket)
-            members = [self._member(c) for c in connection_ids]
-            for chunk in _chunks(members, _MEMBERS_PER_COMMAND):
-                scored: list[Any] = []
-                for member in chunk:
-                    scored += (expiry, member)
-                commands.append(("ZADD", key, *scored))
-            commands.append(("PEXPIRE", key, key_ttl))
-            by_bucket.setdefault(bucket, []).append(user_id)
-        for bucket, user_ids in by_bucket.items():
-            for chunk in _chunks(user_ids, _MEMBERS_PER_COMMAND):
-                scored = []
-                for user_id in chunk:
-                    scored += (expiry, user_id)
-                commands.append(("ZADD", self._index_key(bucket), *scored))
-        return commands
-
-    def _remove_commands(
-        self, user_id: str, connection_ids: Iterable[str], now: int
-    ) -> list[tuple[Any, ...]]:
-        bucket = _bucket(user_id)
-        keys = (self._user_key(user_id, bucket), self._index_key(bucket))
-        members = [self._member(c) for c in connection_ids]
-        return [
-            ("EVAL", _REMOVE_SCRIPT, 2, *keys, now, user_id, *chunk)
-            for chunk in _chunks(members, _MEMBERS_PER_COMMAND)
-        ]
-
-    async def _execute(self, commands: list[tuple[Any, ...]]) -> None:
-        for start in range(0, len(commands), _COMMANDS_PER_PIPELINE):
-            pipe = self._client.pipeline(transaction=False)
-            for command in commands[start : start + _COMMANDS_PER_PIPELINE]:
-                pipe.execute_command(*command)
-            await pipe.execute()
+            raise store.error("write presence", exc) from exc
 
     # -- reading -----------------------------------------------------------------------------
 
     async def is_online(self, user_id: str) -> bool:
         """True if ``user_id`` has a live connection on any instance (one round trip)."""
         self._check_running()
-        try:
-            now = await self._now_ms()
-            key = self._user_key(user_id, _bucket(user_id))
-            count = await self._client.execute_command("ZCOUNT", key, f"({now}", "+inf")
-        except CONNECTION_ERRORS as exc:
-            raise self._error("read presence", exc) from exc
-        return int(count) > 0
+        return await self._store.is_online(user_id)
 
     async def connections_of(self, user_id: str) -> list[str]:
         """The ids of ``user_id``'s live connections on every instance (one round trip)."""
         self._check_running()
-        try:
-            now = await self._now_ms()
-            key = self._user_key(user_id, _bucket(user_id))
-            members = await self._client.execute_command("ZRANGEBYSCORE", key, f"({now}", "+inf")
-        except CONNECTION_ERRORS as exc:
-            raise self._error("read presence", exc) from exc
-        seen: dict[str, None] = {}
-        for member in members:
-            seen[str(member).partition("/")[2]] = None
-        return list(seen)
+        return await self._store.connections_of(user_id)
 
     async def online_count(self) -> int:
         """How many users have a live connection anywhere (one pipeline of 16 ZCOUNTs)."""
         self._check_running()
-        return sum(await self._counts())
-
-    async def _counts(self) -> list[int]:
-        try:
-            now = await self._now_ms()
-            pipe = self._client.pipeline(transaction=False)
-            for bucket in range(BUCKETS):
-                pipe.execute_command("ZCOUNT", self._index_key(bucket), f"({now}", "+inf")
-            counts = await pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise self._error("read presence", exc) from exc
-        return [int(count) for count in counts]
+        return sum(await self._store.counts())
 
     async def online_users(self, limit: int = 10_000) -> list[str]:
         """Up to ``limit`` users with a live connection anywhere (two round trips: count the
@@ -552,23 +404,7 @@ class RedisPresence:
         self._check_running()
         if limit <= 0:
             return []
-        counts = await self._counts()
-        try:
-            now = await self._now_ms()
-            pipe = self._client.pipeline(transaction=False)
-            remaining = limit
-            for bucket, count in enumerate(counts):
-                take = min(count, remaining)
-                if take <= 0:
-                    continue
-                remaining -= take
-                key = self._index_key(bucket)
-                pipe.execute_command("ZRANGEBYSCORE", key, f"({now}", "+inf", "LIMIT", 0, take)
-            results = await pipe.execute() if remaining < limit else []
-        except CONNECTION_ERRORS as exc:
-            raise self._error("read presence", exc) from exc
-        users = [str(user) for result in results for user in result]
-        return users[:limit]
+        return await self._store.online_users(limit)
 
 
 def _backoff(failures: int, cap: float) -> float:
