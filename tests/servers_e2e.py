@@ -9,6 +9,7 @@ Every wait is bounded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -169,6 +170,27 @@ def start_serve(*flags: str, env: dict[str, str] | None = None) -> Server:
     )
 
 
+def start_serves(
+    *flag_lists: Sequence[str], envs: Sequence[dict[str, str] | None] | None = None
+) -> list[Server]:
+    """:func:`start_serve` once per entry of ``flag_lists`` (with the matching entry of
+    ``envs``), all at once; if one fails to start, the others are stopped and it raises."""
+    env_list = list(envs) if envs is not None else [None] * len(flag_lists)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(flag_lists) or 1) as pool:
+        futures = [
+            pool.submit(start_serve, *flags, env=env)
+            for flags, env in zip(flag_lists, env_list, strict=True)
+        ]
+        concurrent.futures.wait(futures)
+    started = [f.result() for f in futures if f.exception() is None]
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    if failures:
+        for server in started:
+            server.stop(signal.SIGKILL)
+        raise failures[0]  # type: ignore[misc]
+    return started
+
+
 def start_app(app: str, *, app_dir: Path, health_path: str, env: dict[str, str]) -> Server:
     """Run ``uvicorn <app>`` (``module:attribute``) from ``app_dir`` on a free port."""
     return _start(
@@ -321,3 +343,16 @@ async def wait_for_health(
                 return body
             await anyio.sleep(0.05)
     raise AssertionError(f"/healthz never matched within {within} s; last: {body}")
+
+
+async def metrics(server: Server) -> dict[str, float]:
+    """``GET /metrics``, parsed: metric name → value."""
+    async with httpx.AsyncClient(timeout=FRAME_TIMEOUT) as http:
+        response = await http.get(f"{server.url}/metrics")
+    assert response.status_code == 200, response.text
+    values: dict[str, float] = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values

@@ -7,6 +7,7 @@ environment, ``--dev`` — runs ``python -m notifykit`` in a subprocess.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import socket
@@ -14,10 +15,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
+from servers import RedisServer
 from servers_e2e import (
     API_KEY,
     FRAME_TIMEOUT,
@@ -27,16 +30,22 @@ from servers_e2e import (
     client,
     closed,
     free_port,
+    health,
     log_on_failure,
+    publish,
     recv,
     send,
     start_serve,
     token,
+    wait_for_health,
     welcome,
 )
 
-from notifykit.cli import SETTINGS, main
+from notifykit.cli import SETTINGS, build_parser, main
+from notifykit.cli.backends import Backends, build_backends
+from notifykit.cli.settings import read_environment
 from notifykit.jwt import JWTAuthenticator
+from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -158,8 +167,6 @@ def test_token_with_bad_settings_exits_2_with_one_line(
     [
         pytest.param([], {}, "no JWT key", id="no-key"),
         pytest.param(["--jwt-secret", SECRET], {}, "no API key", id="no-api-key"),
-        pytest.param(["--redis-url", "redis://127.0.0.1:1"], {}, "not supported yet", id="redis"),
-        pytest.param([], {"NOTIFYKIT_REDIS_URL": "redis://x"}, "not supported yet", id="redis-env"),
         pytest.param(["--jwt-secret", "too-short"], {}, "at least 32 bytes", id="short-secret"),
         pytest.param(
             ["--jwt-secret", SECRET, "--jwt-algorithm", "none"], {}, "'none'", id="alg-none"
@@ -213,10 +220,156 @@ def test_serve_without_uvicorn_says_which_extra_to_install(
     assert_one_line_error(capsys.readouterr().err, "pip install 'notifykit[server]'")
 
 
-def test_serve_with_redis_url_exits_2_in_a_real_process() -> None:
-    result = run_cli("serve", "--jwt-secret", SECRET, "--api-key", "k", "--redis-url", "redis://x")
+# --- serve: Redis settings -------------------------------------------------------------------
+
+KEYS = ["--jwt-secret", SECRET, "--api-key", API_KEY]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "says"),
+    [
+        pytest.param(
+            ["--redis-url", "redis://a", "--redis-cluster-url", "redis://b"],
+            {},
+            "give --redis-url or --redis-cluster-url, not both",
+            id="both-urls",
+        ),
+        pytest.param(
+            [],
+            {"NOTIFYKIT_REDIS_URL": "redis://a", "NOTIFYKIT_REDIS_CLUSTER_URL": "redis://b"},
+            "not both",
+            id="both-urls-env",
+        ),
+        pytest.param(["--redis-url", "http://x"], {}, "--redis-url: invalid Redis URL", id="url"),
+        pytest.param(["--redis-url", "redis://x:port"], {}, "invalid Redis URL", id="port"),
+        pytest.param(
+            ["--redis-cluster-url", "mysql://x"], {}, "--redis-cluster-url", id="cluster-url"
+        ),
+        pytest.param(["--redis-prefix", "app"], {}, "--redis-prefix needs --redis-url", id="pfx"),
+        pytest.param([], {"NOTIFYKIT_PRESENCE_TTL": "5"}, "--presence-ttl needs", id="ttl-alone"),
+        pytest.param(
+            ["--redis-url", "redis://x", "--presence-ttl", "0"], {}, "--presence-ttl", id="ttl-0"
+        ),
+        pytest.param([], {"NOTIFYKIT_PRESENCE_TTL": "soon"}, "NOTIFYKIT_PRESENCE_TTL", id="ttl"),
+        pytest.param(
+            ["--redis-url", "redis://x", "--redis-prefix", "two words"], {}, "prefix", id="space"
+        ),
+        pytest.param(
+            ["--redis-cluster-url", "redis://x", "--redis-prefix", "{app}"], {}, "{", id="tag"
+        ),
+        pytest.param(["--instance-id", "a/b"], {}, "--instance-id", id="slash"),
+        pytest.param([], {"NOTIFYKIT_INSTANCE_ID": "pod 7"}, "--instance-id", id="id-space"),
+    ],
+)
+def test_serve_with_unusable_redis_settings_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    says: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve", *KEYS, *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_line_error(err, says)
+
+
+def serve_backends(argv: list[str], env: dict[str, str]) -> Backends:
+    """What ``notifykit serve <argv>`` would propagate with, in this environment."""
+    args = build_parser().parse_args(["serve", *argv])
+    read_environment(args, env)
+    return build_backends(args)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("variable", "propagator_class"),
+    [
+        ("NOTIFYKIT_REDIS_URL", RedisPropagator),
+        ("NOTIFYKIT_REDIS_CLUSTER_URL", RedisClusterPropagator),
+    ],
+)
+async def test_serve_takes_redis_settings_from_the_environment(
+    variable: str, propagator_class: type[Any]
+) -> None:
+    env = {
+        variable: "redis://:pw@127.0.0.1:1/0",
+        "NOTIFYKIT_REDIS_PREFIX": "shop",
+        "NOTIFYKIT_INSTANCE_ID": "pod-7",
+        "NOTIFYKIT_PRESENCE_TTL": "12.5",
+    }
+    backends = serve_backends([], env)
+    assert isinstance(backends.propagator, propagator_class)
+    assert isinstance(backends.presence, RedisPresence)
+    assert (backends.instance_id, backends.presence.instance_id) == ("pod-7", "pod-7")
+    assert backends.presence.ttl == 12.5
+    assert "'shop'" in backends.description
+    assert "127.0.0.1:1" in backends.description
+    assert "pw" not in backends.description
+    await backends.presence.aclose()  # never started: only closes its client
+
+
+def test_serve_without_redis_propagates_in_memory_under_a_generated_instance_id() -> None:
+    first = serve_backends([], {})
+    second = serve_backends([], {})
+    assert (first.propagator, first.presence) == (None, None)
+    assert re.fullmatch(rf"[A-Za-z0-9._-]+-{os.getpid()}-[0-9a-f]{{6}}", first.instance_id)
+    assert first.instance_id != second.instance_id
+    assert serve_backends(["--instance-id", "pod-7"], {}).instance_id == "pod-7"
+
+
+def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
+    result = run_cli(
+        "serve", *KEYS, "--redis-url", "redis://a", env={"NOTIFYKIT_REDIS_CLUSTER_URL": "redis://b"}
+    )
     assert result.returncode == 2
-    assert_one_line_error(result.stderr, "Redis propagation is not supported yet")
+    assert_one_line_error(result.stderr, "not both")
+
+
+@pytest.mark.anyio
+async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_password(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    srv = start_serve(*KEYS, "--redis-url", url, "--log-level", "info")
+    try:
+        with log_on_failure(request, srv):
+            assert (await health(srv))["status"] == "degraded"
+            await anyio.sleep(0.2)  # let the first reconnection warnings reach the log
+            stderr = srv.stderr()
+            match = re.search(r"instance (\S+): Redis at (\S+) ", stderr)
+            assert match is not None, stderr
+            assert re.fullmatch(rf"[A-Za-z0-9._-]+-{srv.process.pid}-[0-9a-f]{{6}}", match[1])
+            assert match[2] == url.rpartition("@")[2].removesuffix("/0")
+            assert "hunter2" not in stderr + srv.stdout()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis", password="s3cret-pw", tls=True)
+    redis.start()
+    url = redis.url.replace("/0?", "/3?")  # rediss://:s3cret-pw@127.0.0.1:<port>/3?ssl_ca_certs=
+    assert url.startswith("rediss://:s3cret-pw@")
+    srv = start_serve(*KEYS, "--redis-url", url, "--instance-id", "tls-1")
+    try:
+        with log_on_failure(request, srv):
+            await wait_for_health(srv, lambda h: h["status"] == "ok")
+            async with client(srv, token("tess")) as ws:
+                await welcome(ws)
+                sent = await publish(srv, {"event": "over.tls", "user": "tess"})  # via Redis
+                assert (await recv(ws))["id"] == sent
+                keyspace = redis.command("INFO", "keyspace")  # {"db3": {"keys": ...}}
+                assert set(keyspace) == {"db3"}  # presence wrote to the URL's database only
+    finally:
+        srv.stop()
+        redis.stop()
 
 
 def test_serve_without_a_key_exits_2_in_a_real_process() -> None:
