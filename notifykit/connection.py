@@ -1,42 +1,89 @@
-"""One registered websocket connection, as the hub sees it: who, which keys, and its outbound queue.
+"""One registered websocket connection, as the hub sees it: who, which keys, and its outbound path.
 
-The queue is bounded. Frames are *offered* to it without ever waiting; a connection whose queue
-is full has fallen too far behind and is closed with ``4008 slow consumer`` rather than slowing
-everyone else down or growing without bound.
+Frames are *offered* to a connection and never waited for. An idle connection sends an offered
+frame at once, inline: the transport's ``send`` runs one step right there, and for a socket
+that is not flow-controlled that step is the whole send — no queue, no task switch. Only when a
+send has to wait (the client reads slowly) does a writer task take over, and frames offered
+meanwhile queue behind it, in order. The queue is bounded: a connection whose queue is full has
+fallen too far behind and is closed with ``4008 slow consumer`` rather than slowing everyone
+else down or growing without bound.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
+from .errors import TransportClosed
 from .wire import CloseCode
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from collections.abc import Coroutine, Generator
+
+    import anyio
+    from anyio.abc import TaskGroup
 
     from .model import Principal
+    from .protocols import Transport
 
 __all__ = ["Connection"]
+
+logger = logging.getLogger("notifykit.connection")
+
+
+class _Started:
+    """A send that ran its first step inline and then had to wait: awaiting it finishes it."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        # Re-yield what the coroutine yielded to the event loop, from the writer task, and
+        # pass the loop's answers (or exceptions, e.g. cancellation) back into it.
+        coro, value = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                value = coro.send(sent)
+            except StopIteration:
+                return
+
+    def close(self) -> None:
+        """Abandon the send (the connection is being torn down)."""
+        self._coro.close()
 
 
 class Connection:
     """A registered connection. Created by the gateway (or :mod:`notifykit.testing`).
 
     ``keys`` is the set of routing keys it is registered under; ``topics`` the topics it
-    subscribed to. ``outbox`` yields the frames to send, in order.
+    subscribed to. Frames offered before :meth:`start_sending` wait in the queue (the gateway
+    queues the welcome frame that way, so it is always first).
     """
 
     __slots__ = (
-        "_inbox",
+        "_queue",
+        "_queue_size",
         "_scope",
+        "_tasks",
+        "_transport",
+        "_writing",
         "close_code",
         "close_reason",
         "id",
         "keys",
-        "outbox",
         "principal",
         "topics",
     )
@@ -46,9 +93,11 @@ class Connection:
         self.principal = principal
         self.keys: set[str] = set()
         self.topics: set[str] = set()
-        self._inbox: MemoryObjectSendStream[str]
-        self.outbox: MemoryObjectReceiveStream[str]
-        self._inbox, self.outbox = anyio.create_memory_object_stream[str](queue_size)
+        self._queue: deque[str | _Started] = deque()
+        self._queue_size = queue_size
+        self._transport: Transport | None = None
+        self._tasks: TaskGroup | None = None
+        self._writing = False
         self._scope: anyio.CancelScope | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -59,13 +108,78 @@ class Connection:
         return self.principal.user_id
 
     def offer(self, frame: str) -> None:
-        """Queue ``frame`` for sending, never waiting. A full queue closes the connection."""
-        try:
-            self._inbox.send_nowait(frame)
-        except anyio.WouldBlock:
+        """Send ``frame`` now if the connection is idle, else queue it; never waits.
+
+        A full queue closes the connection with 4008.
+        """
+        item: str | _Started = frame
+        transport = self._transport
+        if self.close_code is not None:
+            # Closing: queue what the close will flush (never for a slow consumer).
+            if self.close_code != CloseCode.SLOW_CONSUMER and len(self._queue) < self._queue_size:
+                self._queue.append(frame)
+            return
+        if transport is not None and not self._writing and not self._queue:
+            coro = transport.send(frame)
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                return  # sent
+            except TransportClosed:
+                self._gone()
+                return
+            except Exception:
+                logger.exception("sending to connection %s failed", self.id)
+                self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                return
+            item = _Started(coro, yielded)
+        if len(self._queue) >= self._queue_size:
+            if isinstance(item, _Started):
+                item.close()
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many frames queued")
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the connection is being torn down; nothing more goes out
+            return
+        self._queue.append(item)
+        self._wake_writer()
+
+    def start_sending(self, transport: Transport, tasks: TaskGroup | None) -> None:
+        """Send through ``transport`` from now on, queued frames first; a writer task is started
+        in ``tasks`` whenever a send has to wait (without ``tasks``, ``transport.send`` must
+        never wait, as for the test inbox)."""
+        self._transport = transport
+        self._tasks = tasks
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writing or not self._queue or self._tasks is None or self.close_code is not None:
+            return
+        self._writing = True
+        self._tasks.start_soon(self._write, name=f"notifykit-writer-{self.id}")
+
+    async def _write(self) -> None:
+        try:
+            await self.drain()
+        finally:
+            self._writing = False
+
+    async def drain(self) -> None:
+        """Send every queued frame, in order (used by the writer, and on close to flush)."""
+        queue, transport = self._queue, self._transport
+        try:
+            while queue and transport is not None:
+                item = queue.popleft()
+                if isinstance(item, str):
+                    await transport.send(item)
+                else:
+                    await item
+        except TransportClosed:
+            self._gone()
+
+    def _gone(self) -> None:
+        """The client is gone: stop sending, and end the connection."""
+        self._transport = None
+        self.release()
+        if self._scope is not None:
+            self._scope.cancel()
 
     def bind(self, scope: anyio.CancelScope) -> None:
         """Attach the cancel scope :meth:`close` cancels (the gateway's per-connection scope)."""
@@ -78,18 +192,22 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
+        if code == CloseCode.SLOW_CONSUMER:
+            self.release()  # what overflowed is not flushed
         if self._scope is not None:
             self._scope.cancel()
 
     def release(self) -> None:
-        """Close both ends of the outbound queue (after the connection is unregistered)."""
-        self._inbox.close()
-        self.outbox.close()
+        """Drop whatever is still queued (after the connection is unregistered)."""
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Started):
+                item.close()
 
     @property
     def queued(self) -> int:
         """Frames waiting to be sent."""
-        return self.outbox.statistics().current_buffer_used
+        return len(self._queue)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.principal.user_id!r}>"

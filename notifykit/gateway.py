@@ -21,7 +21,6 @@ from .errors import (
     InvalidNotification,
     PropagationError,
     ProtocolError,
-    TransportClosed,
 )
 from .model import Handshake, Principal, validate_topic
 from .topics import claim_topics_policy
@@ -120,19 +119,24 @@ class Gateway:
             return
 
         connection = Connection(principal, queue_size=self.queue_size)
+        del handshake  # nothing of the request stays alive as long as the connection
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
         try:
-            with anyio.CancelScope() as scope:
+            # One scope per connection: close() cancels it, and its deadline is the token's
+            # expiry, which a refresh moves.
+            with anyio.CancelScope(deadline=_deadline(principal)) as scope:
                 connection.bind(scope)
                 # Queued before registering, sent only once registered: the welcome is always
                 # the first frame, and it promises that later notifications will arrive.
                 connection.offer(encode(_welcome(connection)))
                 await self.hub.attach(connection)
                 async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self._write, connection, transport, tasks.cancel_scope)
-                    await self._read(connection, transport)
-                    tasks.cancel_scope.cancel()
+                    connection.start_sending(transport, tasks)
+                    await self._read(connection, transport, scope)
+                    tasks.cancel_scope.cancel()  # the client left: stop a waiting writer
+            if connection.close_code is None and anyio.current_time() >= scope.deadline:
+                connection.close(CloseCode.UNAUTHORIZED, "token expired")
         except PropagationError as exc:
             logger.warning("could not register connection %s: %s", connection.id, exc)
             connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
@@ -146,8 +150,7 @@ class Gateway:
                 code = connection.close_code
                 if code is not None:
                     with anyio.move_on_after(self.close_timeout):
-                        if code != CloseCode.SLOW_CONSUMER:
-                            await _flush(connection, transport)
+                        await connection.drain()  # what was accepted before the close
                         await transport.close(code, connection.close_reason)
                 connection.release()
                 metrics["connections_closed"] += 1
@@ -164,41 +167,31 @@ class Gateway:
         with anyio.move_on_after(self.close_timeout):
             await transport.close(code, reason)
 
-    async def _write(
-        self, connection: Connection, transport: Transport, tasks: anyio.CancelScope
+    async def _read(
+        self, connection: Connection, transport: Transport, expiry: anyio.CancelScope
     ) -> None:
-        try:
-            async for frame in connection.outbox:
-                await transport.send(frame)
-        except TransportClosed:
-            tasks.cancel()  # the reader will not hear from a client that is gone
-
-    async def _read(self, connection: Connection, transport: Transport) -> None:
         bad_frames = 0
-        with anyio.CancelScope(deadline=_deadline(connection.principal)) as expiry:
-            while True:
-                message = await transport.receive()
-                if message is None:
+        while True:
+            message = await transport.receive()
+            if message is None:
+                return
+            try:
+                if _too_large(message, self.max_frame_bytes):
+                    raise ProtocolError(
+                        f"frame larger than {self.max_frame_bytes} bytes",
+                        code=ErrorCode.FRAME_TOO_LARGE,
+                    )
+                frame = parse_client(message)
+            except ProtocolError as exc:
+                self.hub.metrics["bad_frames"] += 1
+                bad_frames += 1
+                if bad_frames >= self.max_bad_frames:
+                    connection.close(CloseCode.BAD_FRAME, "too many invalid frames")
                     return
-                try:
-                    if _too_large(message, self.max_frame_bytes):
-                        raise ProtocolError(
-                            f"frame larger than {self.max_frame_bytes} bytes",
-                            code=ErrorCode.FRAME_TOO_LARGE,
-                        )
-                    frame = parse_client(message)
-                except ProtocolError as exc:
-                    self.hub.metrics["bad_frames"] += 1
-                    bad_frames += 1
-                    if bad_frames >= self.max_bad_frames:
-                        connection.close(CloseCode.BAD_FRAME, "too many invalid frames")
-                        return
-                    connection.offer(encode(Error(exc.code, str(exc), exc.ref)))
-                    continue
-                bad_frames = 0
-                await self._handle(connection, frame, expiry)
-        if expiry.cancelled_caught:
-            connection.close(CloseCode.UNAUTHORIZED, "token expired")
+                connection.offer(encode(Error(exc.code, str(exc), exc.ref)))
+                continue
+            bad_frames = 0
+            await self._handle(connection, frame, expiry)
 
     # --- client requests ------------------------------------------------------------------
 
@@ -281,19 +274,6 @@ class Gateway:
                 "or a 'token' query parameter"
             )
         return await self.authenticator.authenticate(token)
-
-
-async def _flush(connection: Connection, transport: Transport) -> None:
-    """Send what is still queued (a closing server sends what it already accepted)."""
-    while True:
-        try:
-            frame = connection.outbox.receive_nowait()
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return
-        try:
-            await transport.send(frame)
-        except TransportClosed:
-            return
 
 
 def _too_large(message: str | bytes, limit: int) -> bool:

@@ -169,7 +169,12 @@ class Transport(Protocol):
         ...
 
     async def send(self, text: str) -> None:
-        """Send one text frame; raise :class:`~notifykit.errors.TransportClosed` if gone."""
+        """Send one text frame; raise :class:`~notifykit.errors.TransportClosed` if gone.
+
+        The connection runs the first step of this coroutine inline, in whichever task offered
+        the frame, and hands it to a writer task only if it has to wait; so ``send`` must not
+        depend on the task it runs in (ASGI's ``send`` does not).
+        """
         ...
 
     async def close(self, code: int, reason: str) -> None:

@@ -239,18 +239,28 @@ async def test_one_publish_sends_the_same_payload_object_to_every_key() -> None:
 
 @pytest.mark.anyio
 async def test_connections_under_one_key_are_handed_the_same_frame_object() -> None:
+    frames: list[str] = []
+
+    class Recorder:
+        """A transport that keeps the very objects it is handed."""
+
+        async def send(self, text: str) -> None:
+            frames.append(text)
+
     async with Hub() as hub:
         first, second, other = (Connection(Principal(u)) for u in ("1", "1", "2"))
         for connection in (first, second, other):
+            connection.start_sending(Recorder(), None)  # type: ignore[arg-type]
             await hub.attach(connection)
         try:
             await hub.notify_users(["1", "2"], "e", {"x": 1})
-            frames = [c.outbox.receive_nowait() for c in (first, second, other)]
         finally:
             for connection in (first, second, other):
                 await hub.detach(connection)
                 connection.release()
     # One JSON encoding for the whole publish; one UTF-8 decode per key, shared by its members.
+    # Key "u:1" (both of user 1's connections) is delivered before "u:2".
+    assert len(frames) == 3
     assert frames[0] is frames[1]
     assert frames[2] == frames[0]
     notification = parse_server(frames[0])

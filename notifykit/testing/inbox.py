@@ -25,7 +25,7 @@ import anyio
 
 from ..connection import Connection
 from ..model import Principal
-from ..wire import Notification, parse_server
+from ..wire import CloseCode, Notification, parse_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping
@@ -40,49 +40,62 @@ class Inbox:
     """The notifications one simulated connection received, in order.
 
     ``next()`` takes them one at a time, waiting for each; ``notifications`` and ``events``
-    show everything received so far without waiting and without taking anything.
+    show everything received so far without waiting and without taking anything. It is the
+    connection's transport: frames reach it exactly as they would reach a websocket.
     """
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, capacity: int) -> None:
         self.connection = connection
         self.received: list[Notification] = []
-        """Every notification received so far, in order (``notifications`` drains first)."""
+        """Every notification received so far, in order."""
+        self._capacity = capacity
         self._taken = 0
         self._closed = False
+        self._arrived = anyio.Event()
 
     @property
     def connection_id(self) -> str:
         """The simulated connection's id (what ``exclude=`` takes)."""
         return self.connection.id
 
-    def _keep(self, frame: str) -> None:
-        parsed = parse_server(frame)
+    # --- the transport side -----------------------------------------------------------------
+
+    async def accept(self, subprotocol: str | None) -> None:
+        """Nothing to do: the inbox is registered directly."""
+
+    async def receive(self) -> str | bytes | None:
+        """An inbox never sends frames to the server."""
+        return None
+
+    async def send(self, text: str) -> None:
+        """Keep a notification frame (other frames are ignored); never waits."""
+        if self._closed:
+            return
+        parsed = parse_server(text)
         if isinstance(parsed, Notification):
+            if len(self.received) - self._taken >= self._capacity:
+                self.connection.close(CloseCode.SLOW_CONSUMER, "inbox full")
+                return
             self.received.append(parsed)
+            self._arrived.set()
 
-    def _drain(self, *, check: bool = True) -> None:
-        if not self._closed:
-            while True:
-                try:
-                    frame = self.connection.outbox.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                self._keep(frame)
-        if check and self.connection.close_code is not None:
-            raise AssertionError(
-                f"the inbox overflowed ({self.connection.close_reason}): more notifications "
-                "arrived than its queue_size holds; read them as they come or raise queue_size"
-            )
-
-    def _close(self) -> None:
-        """Keep what is still queued; called when the inbox is unregistered."""
-        self._drain(check=False)
+    async def close(self, code: int, reason: str) -> None:
+        """Stop receiving."""
         self._closed = True
+
+    # --- the test side ----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.connection.close_code == CloseCode.SLOW_CONSUMER:
+            raise AssertionError(
+                "the inbox overflowed: more notifications arrived than its queue_size holds "
+                "before they were taken; read them as they come or raise queue_size"
+            )
 
     @property
     def notifications(self) -> list[Notification]:
         """Everything received so far (without waiting), whether ``next`` took it or not."""
-        self._drain()
+        self._check()
         return list(self.received)
 
     @property
@@ -97,18 +110,16 @@ class Inbox:
         Raises ``TimeoutError`` if none arrives in time (at once if the inbox is closed).
         """
         taken = self._taken
-        try:
-            with anyio.fail_after(timeout):
-                while True:
-                    self._drain()
-                    if len(self.received) > taken:
-                        self._taken = taken + 1
-                        return self.received[taken]
-                    if self._closed:
-                        break
-                    self._keep(await self.connection.outbox.receive())
-        except TimeoutError:
-            pass
+        with anyio.move_on_after(timeout):
+            while True:
+                self._check()
+                if len(self.received) > taken:
+                    self._taken = taken + 1
+                    return self.received[taken]
+                if self._closed:
+                    break
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
         closed = " (the inbox is closed)" if self._closed else ""
         raise TimeoutError(f"no notification arrived within {timeout} s{closed}")
 
@@ -138,9 +149,11 @@ async def inbox(
 ) -> AsyncIterator[Inbox]:
     """Register a simulated connection for ``user`` (``None``: anonymous) on a running hub,
     subscribed to ``topics`` (no authorization check: tests decide), and yield its
-    :class:`Inbox`. It is unregistered on exit."""
+    :class:`Inbox`, which holds at most ``queue_size`` notifications not yet taken by
+    ``next``. It is unregistered on exit; what it received stays readable."""
     connection = Connection(Principal(user, claims or {}), queue_size=queue_size)
-    box = Inbox(connection)
+    box = Inbox(connection, queue_size)
+    connection.start_sending(box, None)
     try:
         await hub.attach(connection)
         for topic in topics:
@@ -148,5 +161,5 @@ async def inbox(
         yield box
     finally:
         await hub.detach(connection)
-        box._close()
+        await box.close(CloseCode.NORMAL, "")
         connection.release()

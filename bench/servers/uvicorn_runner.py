@@ -1,0 +1,30 @@
+"""One programmatic uvicorn runner for every ASGI variant, so they share one serving stack:
+uvloop, httptools, uvicorn's websockets-sansio implementation, no access log."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+
+from ..common import raise_fd_limit
+
+
+def run(app: Any, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` until SIGINT/SIGTERM."""
+    raise_fd_limit()
+    logging.basicConfig(level=logging.WARNING)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        backlog=2048,
+    )
+    uvicorn.Server(config).run()
