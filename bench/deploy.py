@@ -59,14 +59,6 @@ VARIANTS: dict[str, Variant] = {
             "uvicorn (uvloop, httptools, websockets-sansio), real JWTs",
         ),
         Variant(
-            "notifykit+eager",
-            "bench.servers.nk",
-            ("--experiment", "eager"),
-            needs_redis_propagator=True,
-            description="experiment: notifykit with a bench-only patch that sends a frame "
-            "inline when its connection is idle (bench/experiments/eager.py)",
-        ),
-        Variant(
             "single-channel",
             "bench.servers.nk",
             ("--single-channel",),

@@ -80,7 +80,7 @@ FULL = Plan(
     idle_rounds=3,
     scaling=(1, 2, 4),
     scaling_rounds=3,
-    scaling_variants=("raw", "notifykit", "notifykit+eager", "single-channel"),
+    scaling_variants=("raw", "notifykit", "single-channel"),
     clients=2,
     concurrency=64,
 )
@@ -98,7 +98,7 @@ QUICK = Plan(
     idle_rounds=1,
     scaling=(1, 2, 4),
     scaling_rounds=1,
-    scaling_variants=("raw", "notifykit", "notifykit+eager", "single-channel"),
+    scaling_variants=("raw", "notifykit", "single-channel"),
     clients=2,
     concurrency=64,
 )

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from .errors import TransportClosed
 from .wire import CloseCode
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Generator
+    from collections.abc import Awaitable, Callable, Coroutine, Generator
 
     import anyio
     from anyio.abc import TaskGroup
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 logger = logging.getLogger("notifykit.connection")
+
+
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
 
 class _Started:
@@ -74,9 +78,11 @@ class Connection:
     """
 
     __slots__ = (
+        "_direct",
         "_queue",
         "_queue_size",
         "_scope",
+        "_send",
         "_tasks",
         "_transport",
         "_writing",
@@ -96,8 +102,10 @@ class Connection:
         self._queue: deque[str | _Started] = deque()
         self._queue_size = queue_size
         self._transport: Transport | None = None
+        self._send: Callable[[str], Awaitable[None]] | None = None
         self._tasks: TaskGroup | None = None
         self._writing = False
+        self._direct = False  # send inline: sending, not writing, nothing queued, not closing
         self._scope: anyio.CancelScope | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -112,33 +120,36 @@ class Connection:
 
         A full queue closes the connection with 4008.
         """
-        item: str | _Started = frame
-        transport = self._transport
-        if self.close_code is not None:
-            # Closing: queue what the close will flush (never for a slow consumer).
-            if self.close_code != CloseCode.SLOW_CONSUMER and len(self._queue) < self._queue_size:
-                self._queue.append(frame)
-            return
-        if transport is not None and not self._writing and not self._queue:
-            coro = transport.send(frame)
+        if self._direct:  # the hot path: sending, idle, not closing
+            coro = self._send(frame)  # type: ignore[misc]
+            if type(coro) is not CoroutineType:  # an awaitable that is not a coroutine
+                coro = _awaiting(coro)
             try:
                 yielded = coro.send(None)
             except StopIteration:
                 return  # sent
-            except TransportClosed:
+            except OSError:  # TransportClosed, or the server's own (uvicorn's ClientDisconnected)
                 self._gone()
                 return
             except Exception:
                 logger.exception("sending to connection %s failed", self.id)
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
-            item = _Started(coro, yielded)
-        if len(self._queue) >= self._queue_size:
-            if isinstance(item, _Started):
-                item.close()
+            # The send has to wait: a writer task finishes it, and later frames queue behind.
+            self._direct = False
+            self._queue.append(_Started(coro, yielded))
+            self._wake_writer()
+            return
+        queue = self._queue
+        if self.close_code is not None:
+            # Closing: queue what the close will flush (never for a slow consumer).
+            if self.close_code != CloseCode.SLOW_CONSUMER and len(queue) < self._queue_size:
+                queue.append(frame)
+            return
+        if len(queue) >= self._queue_size:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many frames queued")
             return
-        self._queue.append(item)
+        queue.append(frame)
         self._wake_writer()
 
     def start_sending(self, transport: Transport, tasks: TaskGroup | None) -> None:
@@ -146,13 +157,24 @@ class Connection:
         in ``tasks`` whenever a send has to wait (without ``tasks``, ``transport.send`` must
         never wait, as for the test inbox)."""
         self._transport = transport
+        self._send = transport.send
         self._tasks = tasks
         self._wake_writer()
+        self._update_direct()
+
+    def _update_direct(self) -> None:
+        self._direct = (
+            self._transport is not None
+            and not self._writing
+            and not self._queue
+            and self.close_code is None
+        )
 
     def _wake_writer(self) -> None:
         if self._writing or not self._queue or self._tasks is None or self.close_code is not None:
             return
         self._writing = True
+        self._direct = False
         self._tasks.start_soon(self._write, name=f"notifykit-writer-{self.id}")
 
     async def _write(self) -> None:
@@ -160,6 +182,7 @@ class Connection:
             await self.drain()
         finally:
             self._writing = False
+            self._update_direct()
 
     async def drain(self) -> None:
         """Send every queued frame, in order (used by the writer, and on close to flush)."""
@@ -171,12 +194,13 @@ class Connection:
                     await transport.send(item)
                 else:
                     await item
-        except TransportClosed:
+        except OSError:  # TransportClosed, or the server's own
             self._gone()
 
     def _gone(self) -> None:
         """The client is gone: stop sending, and end the connection."""
         self._transport = None
+        self._direct = False
         self.release()
         if self._scope is not None:
             self._scope.cancel()
@@ -189,6 +213,7 @@ class Connection:
 
     def close(self, code: int, reason: str) -> None:
         """Ask for this connection to be closed with ``code``; the first request wins."""
+        self._direct = False
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason

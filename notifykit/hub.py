@@ -206,11 +206,16 @@ class Hub:
             self.metrics["malformed_payloads"] += 1
             logger.warning("skipped a malformed payload on key %r", key)
             return
-        sent = 0
-        for connection in members:
-            if connection.id != exclude:
+        if exclude is None:
+            for connection in members:
                 connection.offer(frame)
-                sent += 1
+            sent = len(members)
+        else:
+            sent = 0
+            for connection in members:
+                if connection.id != exclude:
+                    connection.offer(frame)
+                    sent += 1
         self.metrics["frames_delivered"] += sent
 
     # --- registration ---------------------------------------------------------------------

@@ -169,7 +169,8 @@ class Transport(Protocol):
         ...
 
     async def send(self, text: str) -> None:
-        """Send one text frame; raise :class:`~notifykit.errors.TransportClosed` if gone.
+        """Send one text frame; raise :class:`~notifykit.errors.TransportClosed` (or any
+        ``OSError``, of which it is one) if the client is gone.
 
         The connection runs the first step of this coroutine inline, in whichever task offered
         the frame, and hands it to a writer task only if it has to wait; so ``send`` must not
