@@ -21,15 +21,15 @@ and tested by each implementation's own tests.
 
 from __future__ import annotations
 
-import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import anyio
 
 from ..protocols import Presence
+from ._checking import STAT_NAME, bounded, expect
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -53,23 +53,7 @@ __all__ = [
 PresenceFactory: TypeAlias = Callable[[str], AbstractAsyncContextManager[Presence]]
 """Returns a context manager yielding a new unstarted presence sharing ``namespace``."""
 
-_TIMEOUT = 5.0  # seconds any one call may take
-_STAT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _T = TypeVar("_T")
-
-
-def _expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise AssertionError(message)
-
-
-@contextmanager
-def _bounded(what: str) -> Iterator[None]:
-    try:
-        with anyio.fail_after(_TIMEOUT):
-            yield
-    except TimeoutError:
-        raise AssertionError(f"{what} did not return within {_TIMEOUT} s") from None
 
 
 class _Instance:
@@ -80,7 +64,7 @@ class _Instance:
         self.presence = presence
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
-        with _bounded(f"{self.name}.{what}"):
+        with bounded(f"{self.name}.{what}"):
             return await call
 
     async def connected(self, user_id: str, connection_id: str) -> None:
@@ -111,12 +95,12 @@ class _Instance:
         """``user_id`` is online here with exactly ``connections`` (offline if none)."""
         expected = sorted(connections)
         online = await self.is_online(user_id)
-        _expect(
+        expect(
             online == bool(expected),
             f"{rule}: {self.name}.is_online({user_id!r}) is {online}, expected {bool(expected)}",
         )
         actual = await self.connections_of(user_id)
-        _expect(
+        expect(
             isinstance(actual, list) and sorted(actual) == expected,
             f"{rule}: {self.name}.connections_of({user_id!r}) is {actual!r}, "
             f"expected {expected!r} (in any order)",
@@ -126,12 +110,12 @@ class _Instance:
         """``online_users()`` lists exactly ``users``, once each, and ``online_count()`` agrees."""
         expected = sorted(users)
         actual = await self.online_users()
-        _expect(
+        expect(
             isinstance(actual, list) and sorted(actual) == expected,
             f"{rule}: {self.name}.online_users() is {sorted(actual)!r}, expected {expected!r}",
         )
         count = await self.online_count()
-        _expect(
+        expect(
             count == len(expected),
             f"{rule}: {self.name}.online_count() is {count!r}, expected {len(expected)}",
         )
@@ -161,12 +145,12 @@ class _Deployment(AsyncExitStack):
         """Start one more instance on the namespace."""
         name = f"instance {'ABCDEFGH'[len(self.instances)]}"
         presence = await self.enter_async_context(self._factory(self.namespace))
-        _expect(
+        expect(
             isinstance(presence, Presence),
             f"the factory yielded {presence!r}, which is not a Presence",
         )
         instance = _Instance(name, presence)
-        with _bounded(f"{name}.start()"):
+        with bounded(f"{name}.start()"):
             await presence.start()
         self.push_async_callback(instance.aclose)
         self.instances.append(instance)
@@ -271,20 +255,20 @@ async def check_presence_online_users_respects_limit(factory: PresenceFactory) -
             await (a if index % 2 else b).connected(user, f"c{index}")
         for limit in (1, 5, 11):
             some = await a.online_users(limit)
-            _expect(
+            expect(
                 len(some) == limit and len(set(some)) == limit and set(some) <= set(users),
                 f"online_users({limit}) must return {limit} distinct online users "
                 f"of 12, got {some!r}",
             )
         for limit in (12, 100):
             every = await b.online_users(limit)
-            _expect(
+            expect(
                 sorted(every) == sorted(users),
                 f"online_users({limit}) must return all 12 online users, got {every!r}",
             )
         for limit in (0, -1):
             none = await a.online_users(limit)
-            _expect(none == [], f"online_users({limit}) must be [], got {none!r}")
+            expect(none == [], f"online_users({limit}) must be [], got {none!r}")
 
 
 async def check_presence_aclose_removes_own_entries_at_once(factory: PresenceFactory) -> None:
@@ -314,7 +298,7 @@ async def check_presence_survives_a_connection_storm(factory: PresenceFactory) -
         a, b = deployment.instances
         users = [_user(f"storm{index}") for index in range(100)]
         pairs = [(user, f"{user}#{n}") for user in users for n in range(4)]
-        with _bounded(f"{len(pairs)} concurrent connected() calls"):
+        with bounded(f"{len(pairs)} concurrent connected() calls"):
             async with anyio.create_task_group() as group:
                 for user, connection in pairs:
                     group.start_soon(a.presence.connected, user, connection)
@@ -322,7 +306,7 @@ async def check_presence_survives_a_connection_storm(factory: PresenceFactory) -
         await b.expect_users(users, rule)
         for user in users[:10]:
             await b.expect_online(user, [f"{user}#{n}" for n in range(4)], rule)
-        with _bounded(f"{len(pairs)} concurrent disconnected() calls"):
+        with bounded(f"{len(pairs)} concurrent disconnected() calls"):
             async with anyio.create_task_group() as group:
                 for user, connection in pairs:
                     group.start_soon(a.presence.disconnected, user, connection)
@@ -344,22 +328,22 @@ async def check_presence_enforces_its_lifecycle(factory: PresenceFactory) -> Non
             ("online_count", lambda: presence.online_count()),
         ):
             try:
-                with _bounded(f"{what}() before start()"):
+                with bounded(f"{what}() before start()"):
                     await call()
             except RuntimeError:
                 pass
             else:
                 raise AssertionError(f"{what}() before start() must raise RuntimeError")
-        with _bounded("start()"):
+        with bounded("start()"):
             await presence.start()
-        with _bounded("a second start()"):
+        with bounded("a second start()"):
             await presence.start()
         instance = _Instance("the instance", presence)
         await instance.connected(user, "c1")
         await instance.expect_online(user, ["c1"], "start() twice is one start")
         await instance.aclose()
         try:
-            with _bounded("connected() after aclose()"):
+            with bounded("connected() after aclose()"):
                 await presence.connected(user, "c2")
         except RuntimeError:
             pass
@@ -372,7 +356,7 @@ async def check_presence_reports_healthy_once_started(factory: PresenceFactory) 
     """``healthy`` is True once ``start()`` has returned on a reachable backend."""
     async with _Deployment(factory, 1) as deployment:
         (a,) = deployment.instances
-        _expect(a.presence.healthy is True, "healthy must be True on a reachable backend")
+        expect(a.presence.healthy is True, "healthy must be True on a reachable backend")
 
 
 async def check_presence_statistics_map_names_to_counts(factory: PresenceFactory) -> None:
@@ -385,15 +369,15 @@ async def check_presence_statistics_map_names_to_counts(factory: PresenceFactory
         await a.connected(user, "s2")
         stats = a.presence.statistics()
         for name, value in stats.items():
-            _expect(
-                isinstance(name, str) and _STAT_NAME.fullmatch(name) is not None,
+            expect(
+                isinstance(name, str) and STAT_NAME.fullmatch(name) is not None,
                 f"statistics names must be snake_case, got {name!r}",
             )
-            _expect(
+            expect(
                 type(value) is int,
                 f"statistics values must be ints, got {name}={value!r}",
             )
-        _expect(
+        expect(
             stats.get("local_connections") == 2,
             f"statistics()['local_connections'] must be 2, got {stats.get('local_connections')}",
         )
