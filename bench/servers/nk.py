@@ -1,8 +1,7 @@
 """notifykit as an application would deploy it: ``Hub(RedisPropagator(url))`` and
 ``hub.asgi_app(JWTAuthenticator(secret=...), api_key=...)`` under uvicorn.
 
-``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline);
-``--experiment NAME`` installs a bench-only patch from :mod:`bench.experiments` first.
+``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline).
 
     python -m bench.servers.nk --port 8001 --redis-url redis://127.0.0.1:6400/0
 """
@@ -24,13 +23,7 @@ def cli() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", default=PREFIX)
     parser.add_argument("--single-channel", action="store_true")
-    parser.add_argument("--experiment", help="a bench.experiments module to install first")
     args = parser.parse_args()
-
-    if args.experiment:
-        import importlib
-
-        importlib.import_module(f"bench.experiments.{args.experiment}").install()
 
     from notifykit.redis import RedisPropagator
 
