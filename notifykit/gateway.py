@@ -255,6 +255,12 @@ class Gateway:
             return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
         connection.principal = principal
         expiry.deadline = _deadline(principal)
+        # The new token decides from now on: leave the topics it no longer allows, each
+        # announced with an unsubscribed frame (no ref: the server initiated it).
+        for topic in sorted(connection.topics):
+            if not await self._may_subscribe(principal, topic):
+                await self.hub.unsubscribe(connection, topic)
+                connection.offer(encode(Unsubscribed(topic)))
         return Refreshed(_unix(principal.expires_at), ref)
 
     # --- checks ---------------------------------------------------------------------------

@@ -566,6 +566,27 @@ async def test_a_refresh_for_the_same_user_extends_the_connection(
         assert client.close_code is None
 
 
+async def test_a_refresh_leaves_the_topics_the_new_token_no_longer_allows(
+    hub: Hub, gateway: Gateway
+) -> None:
+    async with connect(gateway, handshake(token("42", topics=["news", "team:*"]))) as client:
+        await welcome(client)
+        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="team:7") == Subscribed("team:7")
+
+        narrower = token("42", ttl=60, topics=["team:*"])
+        # Revoked topics are announced first, without a ref; then the refresh is answered.
+        assert await request(client, type="refresh", token=narrower, ref="r1") == Unsubscribed(
+            "news"
+        )
+        assert await client.recv() == Refreshed(int(await expiry_of(narrower)), "r1")
+
+        assert "t:news" not in list(hub.state.keys())
+        await hub.notify_topic("news", "revoked")
+        await hub.notify_topic("team:7", "still-allowed")
+        assert (await next_notification(client)).event == "still-allowed"
+
+
 async def test_a_refresh_with_another_users_token_is_forbidden_and_changes_nothing(
     hub: Hub, gateway: Gateway
 ) -> None:
