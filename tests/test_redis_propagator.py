@@ -568,3 +568,30 @@ def test_replies_that_match_no_command_mean_the_connection_cannot_be_trusted() -
     with pytest.raises(Desync, match="holds 2 subscriptions, 1 expected"):
         state.on_reply([b"subscribe", b"c", 2])
     assert state.on_reply([b"something", b"else"]) is False
+
+
+def test_after_a_reconnect_it_is_restored_only_once_every_earlier_channel_is_confirmed() -> None:
+    state, _ = bookkeeping()
+    for count, channel in enumerate((b"a", b"b"), start=1):
+        state.want(channel)
+        state.next_commands()
+        state.on_reply([b"subscribe", channel, count])
+    assert state.restored
+
+    state.begin()  # a new connection: both must be subscribed again, in one command
+    assert not state.restored
+    (command,) = state.next_commands()
+    first, second = sorted((b"a", b"b"), key=lambda c: command.index(b"\r\n" + c + b"\r\n"))
+    state.on_reply([b"subscribe", first, 1])
+    assert not state.restored  # healthy still says False: the other could miss a message
+    state.want(b"c")  # wanted since the reconnect: a new subscription, not part of the outage
+    state.on_reply([b"subscribe", second, 2])
+    assert state.restored
+
+
+def test_a_channel_unwanted_during_the_restore_is_not_waited_for() -> None:
+    state, _ = bookkeeping()
+    state.want(b"a")
+    state.begin()
+    state.unwant(b"a")
+    assert state.restored

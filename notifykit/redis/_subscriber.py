@@ -140,8 +140,11 @@ class Subscriber:
 
     @property
     def healthy(self) -> bool:
-        """Connected, or not tried yet (a subscriber just created is not a failure)."""
-        return self.connected or (self._sessions == 0 and not self._first_attempt.is_set())
+        """Connected with every earlier subscription restored, or not tried yet (a subscriber
+        just created is not a failure)."""
+        if self.connected:
+            return self._state.restored
+        return self._sessions == 0 and not self._first_attempt.is_set()
 
     def start(self, deliver: Deliver) -> None:
         """Start the supervisor task."""

@@ -91,6 +91,7 @@ class Subscriptions:
         self._inflight: dict[bytes, int] = {}
         self._fifo: deque[_Command] = deque()
         self._dirty: set[bytes] = set()
+        self._backlog: set[bytes] = set()  # wanted when this connection began, not yet confirmed
         self._ping_wanted = False
         self.lost_subscriptions = 0
         self.unexpected_replies = 0
@@ -111,6 +112,7 @@ class Subscriptions:
         """Remove ``channel`` from the wanted set."""
         if channel in self.wanted:
             self.wanted.discard(channel)
+            self._backlog.discard(channel)
             self._touch(channel)
 
     def resync(self, channels: Iterable[bytes]) -> None:
@@ -122,6 +124,12 @@ class Subscriptions:
     def request_ping(self) -> None:
         """Add a ``PING`` to the next commands."""
         self._ping_wanted = True
+
+    @property
+    def restored(self) -> bool:
+        """True once every channel wanted when this connection began is confirmed (channels
+        wanted later do not count: a new subscription is not an outage)."""
+        return self.active and not self._backlog
 
     @property
     def has_work(self) -> bool:
@@ -139,6 +147,7 @@ class Subscriptions:
         self.end()
         self.active = True
         self._dirty = set(self.wanted)
+        self._backlog = set(self.wanted)
 
     def end(self) -> None:
         """The connection is gone, and with it every subscription."""
@@ -148,6 +157,7 @@ class Subscriptions:
         self._inflight.clear()
         self._fifo.clear()
         self._dirty = set()
+        self._backlog = set()
         self._ping_wanted = False
 
     # --- commands out ---------------------------------------------------------------------
@@ -244,6 +254,7 @@ class Subscriptions:
             raise Desync(f"Redis confirmed a subscription to {channel!r} nobody asked for")
         if self._advance(head, channel) and channel in self._sent:
             self._confirmed.add(channel)
+            self._backlog.discard(channel)
             self._listener.confirmed(channel)
         self._check_count(count)
 
