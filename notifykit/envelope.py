@@ -10,7 +10,6 @@ so a receiving instance finds whom to skip with one ``bytes.index`` and never pa
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import time
@@ -24,6 +23,11 @@ from .wire import encode_notification
 __all__ = ["Envelope", "IdGenerator", "pack", "unpack"]
 
 _CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+_BASE32HEX = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
+_PAIRS = tuple(a + b for a in _BASE32HEX for b in _BASE32HEX)
+_SHIFTS = tuple(range(120, -1, -10))
 
 
 class IdGenerator:
@@ -46,7 +50,10 @@ class IdGenerator:
         if value <= self._last:
             value = self._last + 1
         self._last = value
-        return base64.b32hexencode(value.to_bytes(16, "big")).decode("ascii")[:26]
+        # base32hex of the 128 bits (padded to 130), two characters per 10-bit lookup: the
+        # same text as base64.b32hexencode, at a third of its cost.
+        value <<= 2
+        return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 @dataclass(frozen=True, slots=True)

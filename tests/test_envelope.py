@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import time
@@ -266,3 +267,10 @@ async def test_connections_under_one_key_are_handed_the_same_frame_object() -> N
     notification = parse_server(frames[0])
     assert isinstance(notification, Notification)
     assert (notification.event, notification.data) == ("e", {"x": 1})
+
+
+def test_ids_are_the_base32hex_text_of_their_128_bits() -> None:
+    for _ in range(200):
+        text = IdGenerator()()
+        value = int(text, 32) >> 2  # 26 base32 digits hold the 128 bits and 2 bits of padding
+        assert base64.b32hexencode(value.to_bytes(16, "big")).decode()[:26] == text
