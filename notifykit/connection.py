@@ -225,10 +225,10 @@ class Connection:
 
     def release(self) -> None:
         """Drop whatever is still queued (after the connection is unregistered)."""
-        while self._queue:
-            item = self._queue.pop(0)
+        for item in self._queue:
             if isinstance(item, _Started):
                 item.close()
+        self._queue.clear()  # in place: a running drain() sees it empty
 
     @property
     def queued(self) -> int:

@@ -150,7 +150,10 @@ class Gateway:
                 code = connection.close_code
                 if code is not None:
                     with anyio.move_on_after(self.close_timeout):
-                        await connection.drain()  # what was accepted before the close
+                        try:
+                            await connection.drain()  # what was accepted before the close
+                        except Exception:
+                            logger.exception("flushing connection %s failed", connection.id)
                         await transport.close(code, connection.close_reason)
                 connection.release()
                 metrics["connections_closed"] += 1
