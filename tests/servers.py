@@ -405,3 +405,13 @@ async def eventually(condition: Callable[[], bool], within: float = 15.0) -> Non
     with anyio.fail_after(within):
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.02)
+
+
+FAST_RECOVERY: dict[str, Any] = {
+    "connect_timeout": 1.0,
+    "command_timeout": 0.5,
+    "health_check_interval": 0.2,
+    "backoff_initial": 0.02,
+    "backoff_max": 0.2,
+}
+"""Propagator tunables short enough that outages are noticed and repaired within a test."""

@@ -318,6 +318,24 @@ async def publish(
     return notification_id
 
 
+async def notification(ws: ClientConnection) -> dict[str, Any]:
+    """Receive the next frame, which must be a ``notification``."""
+    frame = await recv(ws)
+    assert frame["type"] == "notification", frame
+    return frame
+
+
+async def sentinel(via: Server, *sockets: ClientConnection) -> str:
+    """Broadcast a sentinel through ``via``; it must be the next frame on each socket.
+
+    Proves absence: whatever a socket should not have received would have come before it."""
+    sentinel_id = await publish(via, {"event": "sentinel", "broadcast": True})
+    for ws in sockets:
+        frame = await notification(ws)
+        assert (frame["event"], frame["id"]) == ("sentinel", sentinel_id), frame
+    return sentinel_id
+
+
 async def health(server: Server, prefix: str = "") -> dict[str, Any]:
     """``GET /healthz``."""
     async with httpx.AsyncClient(timeout=FRAME_TIMEOUT) as http:

@@ -16,26 +16,14 @@ from notifykit.testing.conformance import PROPAGATOR_CHECKS, PropagatorFactory
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
-def redis_propagators(url: str) -> PropagatorFactory:
-    """New RedisPropagators on one server, like the instances of one deployment."""
+def propagators(
+    kind: type[RedisPropagator | RedisClusterPropagator], url: str
+) -> PropagatorFactory:
+    """New propagators of ``kind`` on one server or cluster, like the instances of a deployment."""
 
     @asynccontextmanager
     async def factory() -> AsyncIterator[Propagator]:
-        propagator = RedisPropagator(url, prefix="nk-conformance")
-        try:
-            yield propagator
-        finally:
-            await propagator.aclose()
-
-    return factory
-
-
-def cluster_propagators(url: str) -> PropagatorFactory:
-    """New RedisClusterPropagators on one cluster."""
-
-    @asynccontextmanager
-    async def factory() -> AsyncIterator[Propagator]:
-        propagator = RedisClusterPropagator(url, prefix="nk-conformance")
+        propagator = kind(url, prefix="nk-conformance")
         try:
             yield propagator
         finally:
@@ -48,11 +36,11 @@ def cluster_propagators(url: str) -> PropagatorFactory:
 async def test_redis_propagator_passes(
     check: Callable[[PropagatorFactory], Awaitable[None]], redis_server: RedisServer
 ) -> None:
-    await check(redis_propagators(redis_server.url))
+    await check(propagators(RedisPropagator, redis_server.url))
 
 
 @pytest.mark.parametrize("check", PROPAGATOR_CHECKS, ids=lambda check: check.__name__)
 async def test_redis_cluster_propagator_passes(
     check: Callable[[PropagatorFactory], Awaitable[None]], redis_cluster: RedisClusterServers
 ) -> None:
-    await check(cluster_propagators(redis_cluster.url))
+    await check(propagators(RedisClusterPropagator, redis_cluster.url))

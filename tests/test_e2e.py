@@ -25,9 +25,11 @@ from servers_e2e import (
     client,
     closed,
     log_on_failure,
+    notification,
     publish,
     recv,
     send,
+    sentinel,
     start_serve,
     token,
     wait_for_health,
@@ -66,20 +68,6 @@ def server() -> Iterator[Server]:
 def _server_log(request: pytest.FixtureRequest, server: Server) -> Iterator[None]:
     with log_on_failure(request, server):
         yield
-
-
-async def notification(ws: Any) -> dict[str, Any]:
-    frame = await recv(ws)
-    assert frame["type"] == "notification", frame
-    return frame
-
-
-async def sentinel(server: Server, *sockets: Any) -> None:
-    """Broadcast a sentinel and check it is the next frame on each of ``sockets``."""
-    sentinel_id = await publish(server, {"event": "sentinel", "broadcast": True})
-    for ws in sockets:
-        frame = await notification(ws)
-        assert (frame["event"], frame["id"]) == ("sentinel", sentinel_id)
 
 
 # --- targeting ----------------------------------------------------------------------------

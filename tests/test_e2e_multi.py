@@ -34,9 +34,11 @@ from servers_e2e import (
     health,
     log_on_failure,
     metrics,
+    notification,
     publish,
     recv,
     send,
+    sentinel,
     start_serve,
     start_serves,
     token,
@@ -157,21 +159,6 @@ def _instance_logs(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-async def notification(ws: Any) -> dict[str, Any]:
-    frame = await recv(ws)
-    assert frame["type"] == "notification", frame
-    return frame
-
-
-async def sentinel(via: Server, *sockets: Any) -> str:
-    """Broadcast a sentinel through ``via``; it must be the next frame on each socket."""
-    sentinel_id = await publish(via, {"event": "sentinel", "broadcast": True})
-    for ws in sockets:
-        frame = await notification(ws)
-        assert (frame["event"], frame["id"]) == ("sentinel", sentinel_id), frame
-    return sentinel_id
 
 
 async def ids_until(ws: Any, last_id: str) -> list[str]:

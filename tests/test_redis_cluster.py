@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from redis.crc import key_slot
-from servers import Recorder, RedisClusterServers, RedisServer, eventually
+from servers import FAST_RECOVERY, Recorder, RedisClusterServers, RedisServer, eventually
 
 from notifykit.errors import ConfigurationError, PropagationError
 from notifykit.redis import RedisClusterPropagator, propagator_from_url
@@ -23,13 +23,6 @@ from notifykit.redis import RedisClusterPropagator, propagator_from_url
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 PREFIX = "nk-cluster"
-FAST: dict[str, Any] = {
-    "connect_timeout": 1.0,
-    "command_timeout": 0.5,
-    "health_check_interval": 0.2,
-    "backoff_initial": 0.02,
-    "backoff_max": 0.2,
-}
 
 
 @asynccontextmanager
@@ -176,7 +169,7 @@ async def test_a_prefix_with_a_hash_tag_is_refused() -> None:
 async def test_a_standalone_server_is_reported_not_served(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running(redis_server.url, **FAST) as propagator:
+    async with running(redis_server.url, **FAST_RECOVERY) as propagator:
         assert propagator.healthy is False
         with pytest.raises(PropagationError):
             await propagator.publish(["u:1"], b"x")
@@ -192,7 +185,7 @@ async def test_start_succeeds_before_the_cluster_exists_and_subscribe_waits_for_
     cluster = RedisClusterServers(tmp_path / "later")  # ports chosen, nothing listens yet
     recorder = Recorder()
     try:
-        async with running(cluster.url, recorder, **FAST) as propagator:
+        async with running(cluster.url, recorder, **FAST_RECOVERY) as propagator:
             assert propagator.healthy is False
             with pytest.raises(PropagationError):
                 await propagator.publish(["u:1"], b"nobody there")
@@ -226,8 +219,8 @@ async def test_a_killed_and_restarted_master_gets_its_subscriptions_back(
     keys = [key for group in by_master.values() for key in group]
     recorder = Recorder()
     async with (
-        running(cluster.url, recorder, **FAST) as subscriber,
-        running(cluster.url, **FAST) as publisher,
+        running(cluster.url, recorder, **FAST_RECOVERY) as subscriber,
+        running(cluster.url, **FAST_RECOVERY) as publisher,
     ):
         await subscriber.subscribe(keys)
         victim.kill()
@@ -257,8 +250,8 @@ async def test_subscribers_and_publishers_follow_a_slot_to_its_new_master(
     old, new = cluster.nodes[0], cluster.nodes[2]
     recorder = Recorder()
     async with (
-        running(cluster.url, recorder, **FAST) as subscriber,
-        running(cluster.url, **FAST) as publisher,
+        running(cluster.url, recorder, **FAST_RECOVERY) as subscriber,
+        running(cluster.url, **FAST_RECOVERY) as publisher,
     ):
         await subscriber.subscribe([key])
         await publisher.publish([key], b"before the move")

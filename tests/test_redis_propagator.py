@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from redis.exceptions import MovedError, ResponseError
-from servers import Recorder, RedisServer, eventually
+from servers import FAST_RECOVERY, Recorder, RedisServer, eventually
 
 from notifykit import errors
 from notifykit.errors import ConfigurationError, PropagationError
@@ -27,15 +27,6 @@ from notifykit.redis._subscriptions import Desync, Subscriptions
 from notifykit.testing import inbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-FAST: dict[str, Any] = {
-    "connect_timeout": 1.0,
-    "command_timeout": 0.5,
-    "health_check_interval": 0.2,
-    "backoff_initial": 0.02,
-    "backoff_max": 0.2,
-}
-"""Short intervals so outages are noticed and repaired within a test's time."""
 
 
 @asynccontextmanager
@@ -229,7 +220,7 @@ async def test_the_publish_queue_is_bounded_and_callers_beyond_it_wait_for_room(
 async def test_publish_raises_propagation_error_naming_the_server_when_redis_is_gone(
     redis_server: RedisServer,
 ) -> None:
-    async with running(redis_server.url, **FAST) as propagator:
+    async with running(redis_server.url, **FAST_RECOVERY) as propagator:
         await propagator.publish(["u:1"], b"fine")
         redis_server.stop()
         with pytest.raises(PropagationError, match=redis_server.address) as caught:
@@ -243,7 +234,7 @@ async def test_wrong_password_is_reported_not_raised_at_start(tmp_path: Path) ->
     server.start()
     try:
         wrong = f"redis://:nope@127.0.0.1:{server.port}/0"
-        async with running(wrong, **FAST) as propagator:
+        async with running(wrong, **FAST_RECOVERY) as propagator:
             assert propagator.healthy is False
             with pytest.raises(PropagationError) as caught:
                 await propagator.publish(["u:1"], b"x")
@@ -326,7 +317,7 @@ async def test_start_succeeds_while_redis_is_down_and_subscribe_waits_for_it(
     server = RedisServer(tmp_path / "redis")  # its port is chosen, nothing listens yet
     recorder = Recorder()
     try:
-        async with running(server.url, recorder, **FAST) as propagator:
+        async with running(server.url, recorder, **FAST_RECOVERY) as propagator:
             assert propagator.healthy is False
             with pytest.raises(PropagationError):
                 await propagator.publish(["u:1"], b"nobody there")
@@ -360,8 +351,8 @@ async def test_a_restarted_redis_is_reconnected_and_resubscribed_without_leaking
     recorder = Recorder()
     keys = ["u:1", "t:news", "all"]
     async with (
-        running(redis_server.url, recorder, **FAST) as subscriber,
-        running(redis_server.url, **FAST) as publisher,
+        running(redis_server.url, recorder, **FAST_RECOVERY) as subscriber,
+        running(redis_server.url, **FAST_RECOVERY) as publisher,
     ):
         await subscriber.subscribe(keys)
         tasks_before = other_tasks()
@@ -389,8 +380,8 @@ async def test_a_killed_subscriber_connection_is_replaced_and_resubscribed(
 ) -> None:
     recorder = Recorder()
     async with (
-        running(redis_server.url, recorder, **FAST) as subscriber,
-        running(redis_server.url, **FAST) as publisher,
+        running(redis_server.url, recorder, **FAST_RECOVERY) as subscriber,
+        running(redis_server.url, **FAST_RECOVERY) as publisher,
     ):
         await subscriber.subscribe(["u:1", "u:2"])
         assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == 1
@@ -407,8 +398,8 @@ async def test_a_server_that_stops_answering_is_noticed_by_the_watchdog(
 ) -> None:
     recorder = Recorder()
     async with (
-        running(redis_server.url, recorder, **FAST) as subscriber,
-        running(redis_server.url, **FAST) as publisher,
+        running(redis_server.url, recorder, **FAST_RECOVERY) as subscriber,
+        running(redis_server.url, **FAST_RECOVERY) as publisher,
     ):
         await subscriber.subscribe(["u:1"])
         redis_server.pause()  # the socket stays open; nothing answers
@@ -447,7 +438,7 @@ async def test_aclose_fails_waiting_subscribes_and_releases_connections_and_task
     assert other_tasks() == baseline
 
     nowhere = RedisServer(tmp_path / "unstarted")
-    propagator = RedisPropagator(nowhere.url, **FAST)
+    propagator = RedisPropagator(nowhere.url, **FAST_RECOVERY)
     await propagator.start(Recorder())
     failures: list[PropagationError] = []
 
