@@ -97,6 +97,9 @@ class Hub:
         self._pending: dict[str, _Pending] = {}
         self._running = False
         self._drained: anyio.Event | None = None
+        # The last payload unpacked: a publish to several keys hands the same payload object
+        # for each key (in-process), which is then decoded once, not once per key.
+        self._unpacked: tuple[bytes, str | None, str] = (b"", None, "")
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -200,12 +203,15 @@ class Hub:
         members = self.state.members(key)
         if not members:
             return
-        try:
-            exclude, frame = unpack(payload)
-        except ValueError:
-            self.metrics["malformed_payloads"] += 1
-            logger.warning("skipped a malformed payload on key %r", key)
-            return
+        last, exclude, frame = self._unpacked
+        if payload is not last:
+            try:
+                exclude, frame = unpack(payload)
+            except ValueError:
+                self.metrics["malformed_payloads"] += 1
+                logger.warning("skipped a malformed payload on key %r", key)
+                return
+            self._unpacked = (payload, exclude, frame)
         if exclude is None:
             for connection in members:
                 connection.offer(frame)

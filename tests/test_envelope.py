@@ -259,11 +259,11 @@ async def test_connections_under_one_key_are_handed_the_same_frame_object() -> N
             for connection in (first, second, other):
                 await hub.detach(connection)
                 connection.release()
-    # One JSON encoding for the whole publish; one UTF-8 decode per key, shared by its members.
-    # Key "u:1" (both of user 1's connections) is delivered before "u:2".
+        # One JSON encoding and one UTF-8 decode for the whole publish: every connection, under
+    # either key, is handed the very same frame string.
     assert len(frames) == 3
     assert frames[0] is frames[1]
-    assert frames[2] == frames[0]
+    assert frames[2] is frames[0]
     notification = parse_server(frames[0])
     assert isinstance(notification, Notification)
     assert (notification.event, notification.data) == ("e", {"x": 1})
