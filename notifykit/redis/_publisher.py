@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import PropagationError
 from ._connection import close_quietly, open_connection
-from ._errors import PublishFailed, describe, propagation_error
+from ._errors import PublishFailed, describe, map_redis_errors
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -143,9 +143,10 @@ class Publisher:
             if jobs:
                 await self._flush(jobs, parts, count)
 
-    async def _flush(self, jobs: list[_Job], parts: list[bytes], count: int) -> None:
+    async def _send(self, parts: list[bytes], count: int) -> list[object]:
+        """Write ``count`` commands and read their replies (a refusal is a reply)."""
         replies: list[object] = []
-        try:
+        with map_redis_errors("publish", self.endpoint.address):
             connection = await self._connect()
             async with asyncio.timeout(self._settings.command_timeout):
                 await connection.send_packed_command(parts, check_health=False)
@@ -155,18 +156,27 @@ class Publisher:
                         replies.append(await read())
                     except ResponseError as exc:
                         replies.append(exc)
-        except Exception as exc:
+        return replies
+
+    async def _flush(self, jobs: list[_Job], parts: list[bytes], count: int) -> None:
+        try:
+            replies = await self._send(parts, count)
+        except Exception as exc:  # the flusher must outlive anything, even a bug
             await self._drop()
             self.publish_errors += len(jobs)
-            if not self._failing:
-                self._failing = True
-                logger.warning(
-                    "publishing to Redis at %s failed: %s", self.endpoint.address, describe(exc)
-                )
+            address = self.endpoint.address
+            if isinstance(exc, PropagationError):
+                message, cause = str(exc), exc.__cause__ or exc
+                if not self._failing:
+                    logger.warning("publishing to Redis at %s failed: %s", address, describe(cause))
+            else:  # a bug: say so loudly, and still answer every caller
+                message, cause = f"could not publish (Redis at {address}): {describe(exc)}", exc
+                logger.error("publishing to Redis at %s failed", address, exc_info=exc)
+            self._failing = True
             for job in jobs:
                 if not job.future.done():
-                    error = propagation_error("publish", self.endpoint.address, exc)
-                    error.__cause__ = exc
+                    error = PropagationError(message)
+                    error.__cause__ = cause
                     job.future.set_exception(error)
             return
         if self._failing:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from redis.exceptions import ResponseError
 
 from ._connection import backoff, close_quietly, open_connection
-from ._errors import CONNECTION_ERRORS, describe
+from ._errors import describe, is_outage
 from ._subscriptions import Desync, Subscriptions
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class Subscriber:
             try:
                 await self._session(connection)
             except Exception as exc:
-                expected = _only(exc, (*CONNECTION_ERRORS, Desync))
+                expected = is_outage(exc) or isinstance(exc, Desync)
                 logger.log(
                     logging.WARNING if expected else logging.ERROR,
                     "lost the subscriber connection to Redis at %s: %s; reconnecting",
@@ -374,10 +374,3 @@ class Subscriber:
     def pong(self) -> None:
         """Redis answered the watchdog."""
         self._pong.set()
-
-
-def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
-    """True if ``exc`` (or every leaf of an exception group) is one of ``kinds``."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only(inner, kinds) for inner in exc.exceptions)
-    return isinstance(exc, kinds)

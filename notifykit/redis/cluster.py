@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, PropagationError
 from ._connection import Endpoint, Settings, backoff
-from ._errors import EXPECTED_ERRORS, PublishFailed, describe, is_redirect
+from ._errors import PublishFailed, describe, is_outage, is_redirect, map_redis_errors
 from ._publisher import Publisher
 from ._subscriber import Subscriber
 from ._topology import Topology
@@ -80,7 +80,8 @@ class RedisClusterPropagator:
             max_pending_publishes=max_pending_publishes,
             client_name=client_name,
         )
-        self._topology = Topology(Endpoint.from_url(url), self._settings)
+        self._seed = Endpoint.from_url(url)
+        self._topology = Topology(self._seed, self._settings)
         self._refresh_interval = float(topology_refresh_interval)
         self._routes: dict[bytes, str] = {}
         self._waiters = Waiters()
@@ -101,6 +102,11 @@ class RedisClusterPropagator:
         self.topology_refresh_failures = 0
         self.moved_channels = 0
         self.rejected_subscriptions = 0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the node the URL names (no credentials)."""
+        return self._seed.address
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -298,7 +304,7 @@ class RedisClusterPropagator:
                 async with self._refresh_lock:
                     await self._refresh()
             except Exception as exc:
-                expected = isinstance(exc, EXPECTED_ERRORS)
+                expected = is_outage(exc)
                 log = logger.warning if attempt == 0 or not expected else logger.debug
                 log(
                     "cannot refresh the cluster's slot map: %s",
@@ -314,12 +320,10 @@ class RedisClusterPropagator:
 
     async def _refresh_after(self, seen: int) -> None:
         """Refresh the map unless someone did since ``seen`` (bounded by ``command_timeout``)."""
-        try:
+        with map_redis_errors("refresh the slot map", self.address):
             async with asyncio.timeout(self._settings.connect_timeout), self._refresh_lock:
                 if self.topology_refreshes == seen:
                     await self._refresh()
-        except Exception as exc:
-            raise PropagationError(f"cannot refresh the slot map: {describe(exc)}") from exc
 
     async def _refresh(self) -> None:
         try:
