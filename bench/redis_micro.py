@@ -3,7 +3,8 @@
 * **publish** — ``RedisPropagator.publish`` against a real ``redis-server`` (started here on a
   free port of 127.0.0.1): awaited one after another (one round trip each), from 100
   concurrent tasks (coalesced into pipelines), and one call to 1,000 keys. Figures are
-  publishes (``PUBLISH`` commands) per second.
+  publishes (``PUBLISH`` commands) per second, and this process's CPU time per publish (the
+  figure that depends least on what else the machine runs).
 * **reader** — CPU time this process spends per message received and handed to ``deliver``:
   a separate process pipelines ``PUBLISH`` commands to a channel the propagator subscribed to,
   and this process's CPU time is read from the first message to the last.
@@ -62,40 +63,62 @@ def _summary(samples: list[float], unit: str, *, higher_is_better: bool) -> dict
     }
 
 
+class _Rates:
+    """Publishes per second and CPU µs per publish, one sample per round."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.cpu: list[float] = []
+
+    async def measure(self, publishes: int, run: Any) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        await run()
+        self.rates.append(publishes / (time.perf_counter() - wall))
+        self.cpu.append((time.process_time() - cpu) / publishes * 1e6)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **_summary(self.rates, "per_s", higher_is_better=True),
+            **_summary(self.cpu, "cpu_us", higher_is_better=False),
+        }
+
+
 async def publish_rates(url: str, count: int, repeat: int) -> dict[str, Any]:
     """Publishes per second: sequential, 100 concurrent tasks, one call to 1,000 keys."""
     propagator = RedisPropagator(url, prefix="bench")
     await propagator.start(lambda key, payload: None)
+    keys = [f"u:{index}" for index in range(1000)]
+    per_task = max(1, count * 4 // 100)
+    calls = max(1, count // 100)
+
+    async def sequential() -> None:
+        for _ in range(count):
+            await propagator.publish(["u:1"], PAYLOAD)
+
+    async def task() -> None:
+        for _ in range(per_task):
+            await propagator.publish(["u:1"], PAYLOAD)
+
+    async def concurrent() -> None:
+        await asyncio.gather(*(task() for _ in range(100)))
+
+    async def many_keys() -> None:
+        for _ in range(calls):
+            await propagator.publish(keys, PAYLOAD)
+
+    figures = {
+        "sequential": _Rates(),
+        "concurrent_100_tasks": _Rates(),
+        "one_call_1000_keys": _Rates(),
+    }
     try:
-        sequential, concurrent, many_keys = [], [], []
-        keys = [f"u:{index}" for index in range(1000)]
         for _ in range(repeat):
-            start = time.perf_counter()
-            for _ in range(count):
-                await propagator.publish(["u:1"], PAYLOAD)
-            sequential.append(count / (time.perf_counter() - start))
-
-            async def task(n: int) -> None:
-                for _ in range(n):
-                    await propagator.publish(["u:1"], PAYLOAD)
-
-            per_task = max(1, count * 4 // 100)
-            start = time.perf_counter()
-            await asyncio.gather(*(task(per_task) for _ in range(100)))
-            concurrent.append(per_task * 100 / (time.perf_counter() - start))
-
-            calls = max(1, count // 100)
-            start = time.perf_counter()
-            for _ in range(calls):
-                await propagator.publish(keys, PAYLOAD)
-            many_keys.append(calls * len(keys) / (time.perf_counter() - start))
+            await figures["sequential"].measure(count, sequential)
+            await figures["concurrent_100_tasks"].measure(per_task * 100, concurrent)
+            await figures["one_call_1000_keys"].measure(calls * len(keys), many_keys)
     finally:
         await propagator.aclose()
-    return {
-        "sequential": _summary(sequential, "per_s", higher_is_better=True),
-        "concurrent_100_tasks": _summary(concurrent, "per_s", higher_is_better=True),
-        "one_call_1000_keys": _summary(many_keys, "per_s", higher_is_better=True),
-    }
+    return {name: rates.summary() for name, rates in figures.items()}
 
 
 async def reader_cost(server: RedisServer, count: int, repeat: int) -> dict[str, Any]:
@@ -162,8 +185,9 @@ def main() -> None:
         return
     for name, figures in result["publish"].items():
         print(
-            f"publish, {name.replace('_', ' ')}: {figures['per_s_median']:>10,.0f}/s median,"
-            f" {figures['per_s_best']:>10,.0f}/s best"
+            f"publish, {name.replace('_', ' '):<20}: {figures['per_s_median']:>9,.0f}/s median,"
+            f" {figures['per_s_best']:>9,.0f}/s best; CPU {figures['cpu_us_median']:.2f} µs"
+            f" median, {figures['cpu_us_best']:.2f} best per publish"
         )
     reader = result["reader"]
     print(
