@@ -5,7 +5,8 @@ Every public method and property of RedisPropagator, RedisClusterPropagator and 
 one that was frozen with SIGSTOP (connections open, nothing answers), on an instance started
 before the fault and on one started during it. Each call returns, raises
 :class:`~notifykit.errors.PropagationError`, or — only ``subscribe``, which by contract waits
-for Redis to come back — is still waiting when the test stops it.
+for Redis to come back — is still waiting when the test stops it. The list of calls is checked
+against the classes' public names, so a new public method cannot go untested.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ CALL_BOUND = 6.0
 """Seconds any one call may take against a broken Redis (its timeouts here are 0.5 to 1 s)."""
 MAY_WAIT = {"subscribe"}
 """Calls whose contract is to wait for Redis to come back: given a second, not more."""
+
+
+def public_names(cls: type) -> set[str]:
+    """The public methods and properties of ``cls``."""
+    return {
+        name
+        for name, value in inspect.getmembers(cls)
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
 
 
 @dataclass
@@ -142,6 +152,11 @@ SUBJECTS = {
         connect_one,
     ),
 }
+
+
+@pytest.mark.parametrize("subject", SUBJECTS.values(), ids=SUBJECTS.keys())
+def test_every_public_name_is_exercised(subject: Subject) -> None:
+    assert set(subject.calls) | {"start", "aclose"} == public_names(subject.cls)
 
 
 @dataclass

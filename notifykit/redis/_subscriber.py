@@ -1,7 +1,7 @@
 """One subscriber connection to one Redis server, kept subscribed to a wanted set of channels.
 
-The owner (a propagator) edits the wanted set through :meth:`~Subscriber.want` and
-:meth:`~Subscriber.unwant`, synchronously and in call order; the bookkeeping is the sans-I/O
+The owner edits the wanted set through :meth:`~Subscriber.want` and :meth:`~Subscriber.unwant`,
+synchronously and in call order; the bookkeeping is the sans-I/O
 :class:`~._subscriptions.Subscriptions`. A supervisor task keeps one *session* alive at a time,
 reconnecting with capped, jittered backoff; each session runs three tasks on one connection:
 
@@ -9,89 +9,91 @@ reconnecting with capped, jittered backoff; each session runs three tasks on one
   storm of a thousand ``subscribe()`` calls becomes one round trip;
 * the **reader** reads every reply as it arrives and hands messages to ``deliver`` inline
   through a ``channel -> key`` table (no parsing, no allocation beyond hiredis's own); other
-  replies go to the bookkeeping;
+  replies go to the bookkeeping, and what they mean to the owner's
+  :class:`SubscriberListener`;
 * the **watchdog** sends a ``PING`` every ``health_check_interval`` and ends the session if no
   answer comes within ``command_timeout`` (a silently dead socket) or if the answer shows the
   connection has left pub/sub mode (it lost its subscriptions).
 
-A new session subscribes to every wanted channel again.
+A new session subscribes to every wanted channel again; the subscriber is :attr:`healthy` once
+Redis has confirmed every one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from redis.exceptions import ResponseError
 
 from ._connection import backoff, close_quietly, open_connection
 from ._errors import describe, is_outage
-from ._subscriptions import Desync, Subscriptions
+from ._subscriptions import Confirmed, Desync, Lost, Pong, Refused, Subscriptions, Unexpected
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Iterable
 
     from ..protocols import Deliver
+    from ._channels import ChannelNames
     from ._connection import Endpoint, RedisConnection, Settings
+    from ._subscriptions import Reply
 
-__all__ = ["Subscriber", "SubscriberOwner"]
+__all__ = ["Disconnected", "Event", "Subscriber", "SubscriberListener"]
 
 logger = logging.getLogger("notifykit.redis")
 
 _STABLE_SESSION = 1.0  # seconds: a session that lived this long resets the backoff
 
 
-class SubscriberOwner(Protocol):
-    """What a subscriber reports to the propagator that owns it."""
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The subscriber lost its connection (it reconnects by itself)."""
 
-    def on_confirmed(self, channel: bytes) -> None:
-        """Redis confirmed the subscription to ``channel``."""
-        ...
 
-    def on_rejected(
-        self, subscriber: Subscriber, channels: list[bytes], error: ResponseError
-    ) -> None:
-        """Redis refused to subscribe to ``channels`` (an ACL error, say)."""
-        ...
+Event: TypeAlias = Confirmed | Refused | Lost | Disconnected
+"""What a subscriber tells its owner."""
 
-    def on_lost(self, subscriber: Subscriber, channels: list[bytes]) -> None:
-        """Redis dropped (or redirected) wanted ``channels``: a cluster slot moved."""
-        ...
+_DISCONNECTED = Disconnected()
 
-    def on_connection_change(self, subscriber: Subscriber, connected: bool) -> None:
-        """The subscriber connected, or lost its connection."""
+
+class SubscriberListener(Protocol):
+    """Who hears what happens to a subscriber's subscriptions (its owner)."""
+
+    def on_event(self, subscriber: Subscriber, event: Event) -> None:
+        """``event`` happened on ``subscriber``; called inline, so it must not block."""
         ...
 
 
 class Subscriber:
     """Keeps one connection to ``endpoint`` subscribed to :attr:`wanted`.
 
-    ``routes`` maps channel to routing key (the owner keeps it); ``prefix`` is the channel
-    prefix, to tell a late message on a channel just left from one that is not ours. With
-    ``sharded``, it uses ``SSUBSCRIBE`` (Redis Cluster sharded pub/sub).
+    ``routes`` maps channel to routing key (the owner keeps it); ``names`` tells a late message
+    on a channel just left from one that is not ours. With ``sharded``, it uses ``SSUBSCRIBE``
+    (Redis Cluster sharded pub/sub).
     """
 
     def __init__(
         self,
         endpoint: Endpoint,
         settings: Settings,
-        owner: SubscriberOwner,
+        listener: SubscriberListener,
         routes: dict[bytes, str],
-        prefix: bytes,
+        names: ChannelNames,
         *,
         sharded: bool,
         rng: random.Random,
     ) -> None:
         self.endpoint = endpoint
         self._settings = settings
-        self._owner = owner
+        self._listener = listener
         self._routes = routes
-        self._prefix = prefix
+        self._names = names
         self._rng = rng
         self._message = b"smessage" if sharded else b"message"
-        self._state = Subscriptions(self, sharded=sharded)
+        self._state = Subscriptions(sharded=sharded)
         self._wake = asyncio.Event()
         self._pong = asyncio.Event()
         self._first_attempt = asyncio.Event()
@@ -100,6 +102,9 @@ class Subscriber:
         self._sessions = 0
         self._closing = False
         self.connected = False
+        self.healthy = True
+        """Connected with every channel wanted when the connection began confirmed, or not
+        tried yet (a subscriber just created is not a failure)."""
         self.received = 0
         self.dropped = 0
         self.malformed = 0
@@ -128,6 +133,7 @@ class Subscriber:
         """Remove ``channel`` from the wanted set (the writer unsubscribes)."""
         self._state.unwant(channel)
         self._wake_writer()
+        self._update_health()
 
     def resync(self, channels: Iterable[bytes]) -> None:
         """Subscribe again to those of ``channels`` still wanted (the server dropped them)."""
@@ -137,14 +143,6 @@ class Subscriber:
     def _wake_writer(self) -> None:
         if self._state.has_work:
             self._wake.set()
-
-    @property
-    def healthy(self) -> bool:
-        """Connected with every earlier subscription restored, or not tried yet (a subscriber
-        just created is not a failure)."""
-        if self.connected:
-            return self._state.restored
-        return self._sessions == 0 and not self._first_attempt.is_set()
 
     def start(self, deliver: Deliver) -> None:
         """Start the supervisor task."""
@@ -172,6 +170,7 @@ class Subscriber:
             if not task.cancelled() and task.exception() is not None:
                 logger.error("subscriber task failed", exc_info=task.exception())
         self.connected = False
+        self._update_health()
 
     COUNTERS = (
         "received",
@@ -202,6 +201,12 @@ class Subscriber:
             "subscribe_batches": self.subscribe_batches,
         }
 
+    def _update_health(self) -> None:
+        if self.connected:
+            self.healthy = self._state.restored
+        else:
+            self.healthy = self._sessions == 0 and not self._first_attempt.is_set()
+
     # --- sessions ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -214,6 +219,7 @@ class Subscriber:
             except Exception as exc:
                 self.connect_failures += 1
                 self._first_attempt.set()
+                self._update_health()
                 log = logger.warning if attempt == 0 else logger.debug
                 log("cannot connect to Redis at %s: %s; retrying", address, describe(exc))
                 await asyncio.sleep(backoff(attempt, self._settings, self._rng))
@@ -251,7 +257,8 @@ class Subscriber:
                 self.endpoint.address,
                 len(self.wanted),
             )
-        self._set_connected(True)
+        self.connected = True
+        self._update_health()
         self._wake.set()
         # Not an asyncio.TaskGroup: on Python 3.11 a TaskGroup whose child fails leaves the
         # parent task with a stale cancellation request, which later breaks timeouts and
@@ -277,13 +284,10 @@ class Subscriber:
         self._state.end()
         self._pong.clear()
         self._wake.clear()
-        self._set_connected(False)
-
-    def _set_connected(self, connected: bool) -> None:
-        if connected != self.connected:
-            self.connected = connected
-            if not self._closing:
-                self._owner.on_connection_change(self, connected)
+        was_connected, self.connected = self.connected, False
+        self._update_health()
+        if was_connected and not self._closing:
+            self._listener.on_event(self, _DISCONNECTED)
 
     # --- the writer -----------------------------------------------------------------------
 
@@ -330,7 +334,7 @@ class Subscriber:
             try:
                 reply = await read(disconnect_on_error=False, push_request=True)
             except ResponseError as exc:
-                state.on_error(exc)
+                self._report(state.on_error(exc))
             else:
                 if type(reply) is list and len(reply) == 3 and reply[0] == message:
                     key = routes.get(reply[1])
@@ -343,34 +347,26 @@ class Subscriber:
                             logger.exception("deliver raised for key %r; payload skipped", key)
                     else:
                         self._on_unrouted(reply[1])
-                elif not state.on_reply(reply):
-                    logger.warning(
-                        "skipped an unexpected reply from Redis at %s: %.100r",
-                        self.endpoint.address,
-                        reply,
-                    )
+                else:
+                    self._report(state.on_reply(reply))
+
+    def _report(self, reply: Reply | None) -> None:
+        """Act on what a reply that is not a message meant."""
+        if isinstance(reply, Pong):
+            self._pong.set()
+        elif isinstance(reply, Unexpected):
+            logger.warning(
+                "skipped an unexpected reply from Redis at %s: %.100r",
+                self.endpoint.address,
+                reply.reply,
+            )
+        elif reply is not None:
+            self._listener.on_event(self, reply)
+        self._update_health()
 
     def _on_unrouted(self, channel: object) -> None:
-        if isinstance(channel, bytes) and channel.startswith(self._prefix):
+        if self._names.is_ours(channel):
             self.dropped += 1  # published before our UNSUBSCRIBE took effect
         else:
             self.malformed += 1
             logger.warning("skipped a message on an unexpected channel %.100r", channel)
-
-    # --- what the replies mean (SubscriptionsListener) ------------------------------------
-
-    def confirmed(self, channel: bytes) -> None:
-        """Redis confirmed ``channel``."""
-        self._owner.on_confirmed(channel)
-
-    def rejected(self, channels: list[bytes], error: ResponseError) -> None:
-        """Redis refused ``channels``."""
-        self._owner.on_rejected(self, channels, error)
-
-    def lost(self, channels: list[bytes]) -> None:
-        """Redis dropped or redirected ``channels``."""
-        self._owner.on_lost(self, channels)
-
-    def pong(self) -> None:
-        """Redis answered the watchdog."""
-        self._pong.set()
