@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 from redis.exceptions import MovedError, ResponseError
 from servers import FAST_RECOVERY, Recorder, RedisServer, eventually
 
@@ -399,6 +400,38 @@ async def test_a_killed_subscriber_connection_is_replaced_and_resubscribed(
         assert subscriber.healthy
         assert subscriber.statistics()["resubscribed_channels"] == 2
         assert len(redis_server.pubsub_clients("notifykit-sub")) == 1
+
+
+async def test_a_publish_this_instance_would_miss_is_refused_until_its_subscriber_is_back(
+    redis_server: RedisServer,
+) -> None:
+    recorder = Recorder()
+    options = dict(FAST_RECOVERY, command_timeout=2.0)
+    async with running(redis_server.url, recorder, **options) as propagator:
+        await propagator.subscribe(["u:1"])
+        await propagator.publish(["u:1"], b"before")
+        await recorder.wait_for("u:1", b"before")
+
+        # Redis answers (the publisher's connection works) but the subscriber cannot get back:
+        # the last client slot is taken.
+        holder = redis.Redis(host="127.0.0.1", port=redis_server.port, protocol=2)
+        try:
+            holder.config_set("maxclients", 2)
+            assert holder.client_kill_filter(_type="pubsub") == 1
+            await eventually(lambda: propagator.statistics()["connect_failures"] >= 1)
+            assert not propagator.healthy
+            published = propagator.statistics()["published"]
+            with pytest.raises(PropagationError, match="not subscribed there again"):
+                await propagator.publish(["u:1"], b"would be missed")
+            assert propagator.statistics()["published"] == published  # never sent
+        finally:
+            holder.close()
+
+        # The slot is free: the next publish waits for the subscriber, then goes through.
+        await propagator.publish(["u:1"], b"after")
+        assert propagator.healthy
+        await recorder.wait_for("u:1", b"after")
+        assert recorder.payloads("u:1") == [b"before", b"after"]
 
 
 async def test_a_server_that_stops_answering_is_noticed_by_the_watchdog(

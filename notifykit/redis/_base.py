@@ -1,5 +1,5 @@
 """What the two Redis propagators share: settings, channel names, lifecycle, subscribing, and
-publishing to one server.
+publishing to one server honestly.
 
 :class:`RedisPropagatorBase` implements :class:`~notifykit.protocols.Propagator` but for
 ``publish`` and the choice of server: a subclass says where a channel lives (``_locate``),
@@ -130,8 +130,24 @@ class RedisPropagatorBase:
         return publisher
 
     async def _publish_at(self, endpoint: Endpoint, channels: list[bytes], payload: bytes) -> None:
-        """Publish ``payload`` to ``channels``, all served by ``endpoint``."""
-        await self._publisher(endpoint).publish(channels, payload)
+        """Publish ``payload`` to ``channels``, all served by ``endpoint``, honestly (see
+        :meth:`_ready`)."""
+        publisher = self._publisher(endpoint)
+        if not self._subscribers.is_ready(endpoint.address):
+            await self._ready(publisher)
+        await publisher.publish(channels, payload)
+
+    async def _ready(self, publisher: Publisher) -> None:
+        """Return once a payload published through ``publisher`` would reach this instance.
+
+        While the subscriber connection to that server has not got its subscriptions back
+        (Redis just restarted, say), wait for it up to ``command_timeout``, then raise
+        :class:`~notifykit.errors.PropagationError` rather than publish what this instance's
+        own clients would miss. While Redis is unreachable, raise at once (the publisher's
+        connection attempt fails).
+        """
+        await publisher.check()
+        await self._subscribers.ready(publisher.endpoint.address)
 
     async def _retire(self, keep: Collection[str]) -> None:
         """Close the connections to servers whose address is not in ``keep``."""

@@ -111,6 +111,19 @@ class Publisher:
             self._wake.set()
             await future
 
+    async def check(self) -> None:
+        """Return once the connection is up, opening it if needed (no command is sent); raise
+        :class:`~notifykit.errors.PropagationError` if Redis cannot be reached."""
+        if self._task is None:
+            raise PropagationError("the propagator is closed")
+        future = asyncio.get_running_loop().create_future()
+        async with self._room:
+            if self._task is None:
+                raise PropagationError("the propagator is closed")
+            self._queue.append(_Job([], (), future))
+            self._wake.set()
+            await future
+
     COUNTERS = ("published", "publish_errors", "publish_batches", "publisher_connects")
     """The names :meth:`counters` returns."""
 
@@ -148,6 +161,8 @@ class Publisher:
         replies: list[object] = []
         with map_redis_errors("publish", self.endpoint.address):
             connection = await self._connect()
+            if not parts:  # only a check() is waiting
+                return replies
             async with asyncio.timeout(self._settings.command_timeout):
                 await connection.send_packed_command(parts, check_health=False)
                 read = connection.read_response
@@ -182,8 +197,9 @@ class Publisher:
         if self._failing:
             self._failing = False
             logger.info("publishing to Redis at %s works again", self.endpoint.address)
-        self.publish_batches += 1
-        self.published += count
+        if count:
+            self.publish_batches += 1
+            self.published += count
         index = 0
         for job in jobs:
             errors: list[tuple[bytes, ResponseError]] | None = None

@@ -96,6 +96,9 @@ class Subscriber:
         self._state = Subscriptions(sharded=sharded)
         self._wake = asyncio.Event()
         self._pong = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._became_healthy = asyncio.Event()
+        self._became_healthy.set()
         self._first_attempt = asyncio.Event()
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +146,15 @@ class Subscriber:
     def _wake_writer(self) -> None:
         if self._state.has_work:
             self._wake.set()
+
+    async def wait_healthy(self) -> None:
+        """Return once :attr:`healthy` (at once if it is)."""
+        await self._became_healthy.wait()
+
+    def hurry(self) -> None:
+        """Bring the next reconnection attempt forward to ``backoff_initial`` after the last
+        one, instead of the end of the backoff: someone has reason to think Redis is back."""
+        self._hurry.set()
 
     def start(self, deliver: Deliver) -> None:
         """Start the supervisor task."""
@@ -203,9 +215,15 @@ class Subscriber:
 
     def _update_health(self) -> None:
         if self.connected:
-            self.healthy = self._state.restored
+            healthy = self._state.restored
         else:
-            self.healthy = self._sessions == 0 and not self._first_attempt.is_set()
+            healthy = self._sessions == 0 and not self._first_attempt.is_set()
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if healthy:
+                self._became_healthy.set()
+            else:
+                self._became_healthy.clear()
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -214,6 +232,7 @@ class Subscriber:
         address = self.endpoint.address
         attempt = 0
         while True:
+            self._hurry.clear()
             try:
                 connection = await open_connection(self.endpoint, self._settings, "sub")
             except Exception as exc:
@@ -222,7 +241,7 @@ class Subscriber:
                 self._update_health()
                 log = logger.warning if attempt == 0 else logger.debug
                 log("cannot connect to Redis at %s: %s; retrying", address, describe(exc))
-                await asyncio.sleep(backoff(attempt, self._settings, self._rng))
+                await self._pause(backoff(attempt, self._settings, self._rng))
                 attempt += 1
                 continue
             started = loop.time()
@@ -242,8 +261,19 @@ class Subscriber:
                 await close_quietly(connection)
             if loop.time() - started >= _STABLE_SESSION:
                 attempt = 0
-            await asyncio.sleep(backoff(attempt, self._settings, self._rng))
+            await self._pause(backoff(attempt, self._settings, self._rng))
             attempt += 1
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds before the next attempt, or only ``backoff_initial`` once
+        :meth:`hurry` is called."""
+        shortest = min(delay, self._settings.backoff_initial)
+        await asyncio.sleep(shortest)
+        try:
+            async with asyncio.timeout(delay - shortest):
+                await self._hurry.wait()
+        except TimeoutError:
+            pass
 
     async def _session(self, connection: RedisConnection) -> None:
         self._sessions += 1

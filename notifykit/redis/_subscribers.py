@@ -193,6 +193,34 @@ class Subscribers:
         """True while every connection is up with its subscriptions restored."""
         return all(subscriber.healthy for subscriber in self.by_address.values())
 
+    def is_ready(self, address: str) -> bool:
+        """False while the connection to ``address`` is down or still restoring its
+        subscriptions (True if there is none: this instance holds nothing there)."""
+        subscriber = self.by_address.get(address)
+        return subscriber is None or subscriber.healthy
+
+    async def ready(self, address: str) -> None:
+        """Return once the connection to ``address`` (if there is one) holds everything it held
+        before it was lost, so that a message published there now reaches this instance;
+        after ``command_timeout`` raise :class:`~notifykit.errors.PropagationError`.
+
+        Call it when the server answers again (the publisher could connect): the connection
+        then makes its next attempt at once instead of at the end of its backoff.
+        """
+        subscriber = self.by_address.get(address)
+        if subscriber is None or subscriber.healthy:
+            return
+        subscriber.hurry()
+        timeout = self._settings.command_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await subscriber.wait_healthy()
+        except TimeoutError:
+            raise PropagationError(
+                f"Redis at {address} answers, but this instance is not subscribed there again "
+                f"yet (waited {timeout:g} s): its own clients would miss the notification"
+            ) from None
+
     def counters(self) -> dict[str, int]:
         """The counters of every subscriber, present and retired, summed, and
         ``subscriptions`` (channels wanted now) and ``rejected_subscriptions``."""

@@ -43,7 +43,8 @@ class RedisClusterPropagator(RedisPropagatorBase):
     ``prefix`` must not contain ``{`` or ``}`` (a hash tag would put every channel in one slot).
     The tunables are those of :class:`~notifykit.redis.RedisPropagator`, plus
     ``topology_refresh_interval``: how often the slot map is re-read even if nothing went wrong.
-    Raises
+    A publish waits for (or is refused because of) the subscriber connection to the master it
+    goes to only, so the other shards keep working while one is down. Raises
     :class:`~notifykit.errors.ConfigurationError` for an unusable URL or setting.
     """
 
@@ -116,7 +117,8 @@ class RedisClusterPropagator(RedisPropagatorBase):
         map is refreshed and the redirected channels are published once more.
 
         Raises :class:`~notifykit.errors.PropagationError` if a master did not accept its
-        share.
+        share, or if this instance would not receive it itself (see
+        :class:`~notifykit.redis.RedisPropagator.publish`).
         """
         self._check_running()
         channels = self._names.channels(keys)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ._connection import Endpoint
     from ._publisher import Publisher
+    from ._subscriber import Subscriber
 
 __all__ = ["RedisPropagator"]
 
@@ -30,7 +31,8 @@ class RedisPropagator(RedisPropagatorBase):
     channels so several applications can share one Redis.
 
     Tunables (seconds): ``connect_timeout`` bounds a connection attempt (handshake included);
-    ``command_timeout`` bounds a publish round trip and the watchdog's wait for a ``PING``
+    ``command_timeout`` bounds a publish round trip, a publish's wait for the subscriber to get
+    its subscriptions back after a reconnection, and the watchdog's wait for a ``PING``
     answer; ``health_check_interval`` is how often the watchdog pings the subscriber
     connection; reconnection waits grow from ``backoff_initial`` to ``backoff_max``, jittered.
     ``max_pending_publishes`` bounds the publish queue (callers wait beyond it);
@@ -68,22 +70,28 @@ class RedisPropagator(RedisPropagatorBase):
         )
         super().__init__(url, prefix, settings, cluster=False)
         self._the_publisher: Publisher | None = None
+        self._the_subscriber: Subscriber | None = None
 
     def _locate(self, channel: bytes) -> Endpoint:
         return self._endpoint
 
     async def _begin(self) -> None:
         self._the_publisher = self._publisher(self._endpoint)
-        subscriber = self._subscribers.at(self._endpoint)
+        self._the_subscriber = subscriber = self._subscribers.at(self._endpoint)
         await subscriber.wait_first_attempt(self._settings.connect_timeout + 1.0)
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         """``PUBLISH`` ``payload`` to each key's channel, pipelined with concurrent calls.
 
-        Raises :class:`~notifykit.errors.PropagationError` if Redis did not accept them all.
+        Raises :class:`~notifykit.errors.PropagationError` if Redis did not accept them all,
+        or if this instance would not receive them itself: while its subscriber connection is
+        getting its subscriptions back after a reconnection, a publish waits for it up to
+        ``command_timeout``, then raises.
         """
-        # _publish_at() with the one server's publisher at hand: this is the hot path.
-        publisher = self._the_publisher
-        if publisher is None or self._closed:
+        # _publish_at() with the one server's connections at hand: this is the hot path.
+        publisher, subscriber = self._the_publisher, self._the_subscriber
+        if publisher is None or subscriber is None or self._closed:
             raise PropagationError("the propagator is not running")
+        if not subscriber.healthy:
+            await self._ready(publisher)
         await publisher.publish(self._names.channels(keys), payload)
