@@ -7,7 +7,6 @@ next frame is a notification published *after* the one that must not arrive, it 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -22,16 +21,16 @@ from memory_transport import MemoryClient, MemoryTransport, ServerClosed, memory
 from notifykit import (
     SUBPROTOCOL,
     CloseCode,
-    Gateway,
-    Handshake,
     Hub,
     JWTAuthenticator,
-    MemoryPropagator,
     Principal,
     PropagationError,
-    Transport,
     mint_token,
 )
+from notifykit.gateway import Gateway
+from notifykit.memory import MemoryPropagator
+from notifykit.model import Handshake
+from notifykit.protocols import Transport
 from notifykit.wire import (
     Error,
     Notification,
@@ -717,7 +716,7 @@ async def test_a_client_gone_while_the_server_sends_is_unregistered(hub: Hub) ->
 async def test_a_thousand_connects_and_disconnects_leave_no_state_and_no_task(hub: Hub) -> None:
     gateway = Gateway(hub, AUTH, max_bad_frames=2)
     tokens = [token(str(user), topics=["team:*"]) for user in range(7)]
-    tasks_before = len(asyncio.all_tasks())
+    tasks_before = len(anyio.get_running_tasks())
 
     async def one_connection(cycle: int) -> None:
         user = str(cycle % 7)
@@ -745,4 +744,4 @@ async def test_a_thousand_connects_and_disconnects_leave_no_state_and_no_task(hu
 
     assert_no_state(hub)
     assert hub.metrics["connections_opened"] == hub.metrics["connections_closed"] == 1000
-    assert len(asyncio.all_tasks()) == tasks_before
+    assert len(anyio.get_running_tasks()) == tasks_before

@@ -21,8 +21,8 @@ from .settings import LOG_LEVELS, UsageError, add_setting
 if TYPE_CHECKING:
     import argparse
 
+    from ..adapters.asgi import NotifyApp
     from ..hub import Hub
-    from ..service import NotifyApp
     from .backends import Backends
 
 __all__ = [
@@ -93,7 +93,10 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..hub import Hub
 
     hub = Hub(backends.propagator, presence=backends.presence)
-    app = hub.asgi_app(
+    from ..adapters.asgi import NotifyApp
+
+    app = NotifyApp(
+        hub,
         authenticator,
         api_key=args.api_key,
         allowed_origins=args.allow_origin,
