@@ -43,7 +43,7 @@ from servers_e2e import (
 
 from notifykit.cli import SETTINGS, build_parser, main
 from notifykit.cli.backends import Backends, build_backends
-from notifykit.cli.settings import read_environment
+from notifykit.cli.settings import read_settings
 from notifykit.jwt import JWTAuthenticator
 from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
 
@@ -144,7 +144,9 @@ def test_token_without_a_secret_exits_2_with_one_line_and_no_traceback() -> None
     [
         pytest.param(["--jwt-secret", "short"], "at least 32 bytes", id="short-secret"),
         pytest.param(["--claim", "novalue"], "NAME=VALUE", id="bad-claim"),
-        pytest.param(["--claim", "exp=1"], "may not set exp", id="reserved-claim"),
+        pytest.param(["--claim", "exp=1"], "set 'exp' with --ttl", id="reserved-claim"),
+        pytest.param(["--claim", "sub=43"], "set 'sub' with --user", id="claim-sub"),
+        pytest.param(["--claim", "aud=x"], "with --jwt-audience", id="claim-aud"),
         pytest.param(["--ttl", "-5"], "ttl", id="negative-ttl"),
         pytest.param(["--jwt-algorithm", "RS256"], "HMAC", id="not-hmac"),
     ],
@@ -279,8 +281,7 @@ def test_serve_with_unusable_redis_settings_exits_2_with_one_line(
 def serve_backends(argv: list[str], env: dict[str, str]) -> Backends:
     """What ``notifykit serve <argv>`` would propagate with, in this environment."""
     args = build_parser().parse_args(["serve", *argv])
-    read_environment(args, env)
-    return build_backends(args)
+    return build_backends(read_settings(args, env))
 
 
 @pytest.mark.anyio
@@ -610,14 +611,12 @@ async def test_dev_mode_prints_a_working_token_websocket_url_and_publish_command
                 await send(ws, {"type": "subscribe", "topic": "demo:news"})
                 assert (await recv(ws))["type"] == "subscribed"
 
+                # Started as `python -m notifykit`: the printed command runs this same one, as
+                # printed, from another terminal (no `notifykit` on PATH needed).
                 command = shlex.split(printed["publish"])
-                assert command[:2] == ["notifykit", "publish"]
+                assert command[:4] == [sys.executable, "-m", "notifykit", "publish"]
                 with anyio.fail_after(30):
-                    result = await anyio.run_process(
-                        [sys.executable, "-m", "notifykit", *command[1:]],
-                        env=clean_env(),
-                        check=False,
-                    )
+                    result = await anyio.run_process(command, env=clean_env(), check=False)
                 assert result.returncode == 0, result.stderr
                 frame = await recv(ws)
                 assert frame["id"] == result.stdout.decode().strip()
