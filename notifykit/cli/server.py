@@ -23,7 +23,7 @@ rounded up (+ 0.1 s that uvicorn sleeps), whatever the clients do.
 
 **Guards** in front of uvicorn's protocols (:class:`GuardedHttpProtocol`,
 :class:`GuardedWebSocketProtocol`): a request head over :data:`MAX_HEAD_BYTES` gets ``431``, one
-not complete within :data:`HEAD_TIMEOUT` seconds gets ``408``, and the websocket handshake's own
+not complete within ``--header-timeout`` seconds gets ``408``, and the websocket handshake's own
 refusals (a header line over :data:`MAX_LINE_BYTES`, more than 128 headers) are written and the
 socket closed — uvicorn's ``websockets-sansio`` implementation logs them but never sends them
 nor closes the socket. See "Choice of websocket implementation" in ``docs/cli.md``.
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
-    "HEAD_TIMEOUT",
     "MAX_HEAD_BYTES",
     "MAX_LINE_BYTES",
     "WS_SIZE_FACTOR",
@@ -67,9 +66,6 @@ MAX_LINE_BYTES = 16 * 1024
 """Longest request line or header line of a websocket handshake; ``431`` (``414`` for the
 request line) beyond. Above the 8,192-character token limit plus its header name, so that a
 token that is too long gets the documented ``4001`` refusal, not an HTTP error."""
-HEAD_TIMEOUT = 10.0
-"""Seconds a client has to send a complete request head once it started one (or once it
-connected); ``408`` and a closed socket after that (a "slowloris" holds nothing for long)."""
 
 # websockets reads its handshake limits from the environment when it is first imported (its
 # documented way to configure them); nothing has imported it yet when `serve` starts.
@@ -87,8 +83,18 @@ logger = logging.getLogger("notifykit.serve")
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bound on the size and the time of a request head
-    (httptools itself has neither). uvicorn internals: the parser callbacks
-    ``on_message_begin``/``on_headers_complete`` and ``transport``."""
+    (httptools itself has neither): ``head_timeout`` seconds from the connection or the first
+    byte of a request to the end of its head, so that a "slowloris" holds nothing for long.
+    uvicorn internals: the parser callbacks ``on_message_begin``/``on_headers_complete`` and
+    ``transport``."""
+
+    head_timeout: float = 10.0
+
+    @classmethod
+    def with_timeout(cls, head_timeout: float) -> type[GuardedHttpProtocol]:
+        """This protocol with another ``head_timeout`` (uvicorn creates protocols from a
+        class, with no room for options of ours)."""
+        return type(cls.__name__, (cls,), {"head_timeout": head_timeout})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -124,7 +130,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _arm(self) -> None:
         if self._head_timer is None:
             self._head_timer = asyncio.get_running_loop().call_later(
-                HEAD_TIMEOUT, self._head_timed_out
+                self.head_timeout, self._head_timed_out
             )
 
     def _disarm(self) -> None:
@@ -216,7 +222,7 @@ def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        http=GuardedHttpProtocol,
+        http=GuardedHttpProtocol.with_timeout(settings.header_timeout),
         ws=GuardedWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes * WS_SIZE_FACTOR,
         lifespan="on",

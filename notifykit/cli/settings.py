@@ -115,6 +115,13 @@ SETTINGS: Mapping[str, Setting] = {
         minimum=0,
         exclusive=True,
     ),
+    "header_timeout": Setting(
+        "float",
+        10.0,
+        "seconds a client has to send a complete HTTP request head (408 beyond)",
+        minimum=0,
+        exclusive=True,
+    ),
     "log_level": Setting("str", "info", "log level"),
     "redis_url": Setting("str", None, "Redis URL: propagation and presence across instances"),
     "redis_cluster_url": Setting("str", None, "any node of a Redis Cluster (sharded pub/sub)"),
@@ -166,6 +173,7 @@ class Settings:
     max_publish_bytes: int = 1024 * 1024
     close_timeout: float = 2.0
     shutdown_timeout: float = 5.0
+    header_timeout: float = 10.0
     log_level: str = "info"
     redis_url: str | None = None
     redis_cluster_url: str | None = None
