@@ -14,6 +14,8 @@ import os
 import socket
 from collections.abc import Iterator
 
+import anyio
+import httpx
 import pytest
 from servers_e2e import (
     API_KEY,
@@ -203,3 +205,34 @@ def test_a_keep_alive_connection_gets_a_second_request_answered(server: Server) 
             while b"}" not in data:
                 data += s.recv(65536)
             assert status_line(data) == "HTTP/1.1 200 OK"
+
+
+# --- secrets in the logs -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_tokens_in_the_query_string_never_reach_the_logs(
+    request: pytest.FixtureRequest,
+) -> None:
+    srv = start_serve(*KEYS, "--log-level", "info")  # access and websocket lines are info
+    good, forged = token("logged"), token("forged", secret="another-secret-" + "x" * 40)
+    try:
+        with log_on_failure(request, srv):
+            async with client(srv, good, via="query") as ws:
+                await welcome(ws)
+            async with client(srv, forged, via="query") as ws:
+                assert (await closed(ws))[0] == 4001
+            async with httpx.AsyncClient(timeout=FRAME_TIMEOUT) as http:
+                response = await http.get(f"{srv.url}/healthz?x=1&token={good}")
+                assert response.status_code == 200
+            with anyio.fail_after(FRAME_TIMEOUT):  # three lines: two websockets, one GET
+                while True:
+                    if (srv.stdout() + srv.stderr()).count("token=[redacted]") >= 3:
+                        break
+                    await anyio.sleep(0.05)
+            logs = srv.stdout() + srv.stderr()
+            assert "GET /healthz?x=1&token=[redacted]" in logs
+            for secret in (good, forged, good.rpartition(".")[2], forged.rpartition(".")[2]):
+                assert secret not in logs
+    finally:
+        srv.stop()
