@@ -8,7 +8,6 @@ docs/cli.md ("Limits of the HTTP layer", "Shutdown") and docs/auth.md.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import socket
@@ -27,6 +26,7 @@ from servers_e2e import (
     log_on_failure,
     start_serve,
     token,
+    upgrade_request,
     welcome,
 )
 
@@ -41,21 +41,6 @@ def server() -> Iterator[Server]:
     srv = start_serve(*KEYS, "--header-timeout", str(HEADER_TIMEOUT))
     yield srv
     srv.stop()
-
-
-def upgrade_request(port: int, *headers: str, target: str = "/ws") -> bytes:
-    """A websocket upgrade request with extra ``headers`` (``"Name: value"``)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *headers,
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import base64
 import math
-import os
 import signal
 import socket
 import time
@@ -23,6 +21,7 @@ from servers_e2e import (
     log_on_failure,
     start_serve,
     token,
+    upgrade_request,
     welcome,
 )
 
@@ -42,14 +41,7 @@ def stalled_client(server: Server, user: str) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token(user)}\r\n\r\n"
-        ).encode()
-    )
+    sock.sendall(upgrade_request(server.port, f"Authorization: Bearer {token(user)}"))
     sock.settimeout(FRAME_TIMEOUT)
     head = b""
     while b"\r\n\r\n" not in head:
