@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NotifyApp", "render_metrics"]
 
-logger = logging.getLogger("notifykit.service")
+logger = logging.getLogger("notifykit.asgi")
 
 
 class NotifyApp:
