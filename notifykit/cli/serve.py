@@ -92,6 +92,7 @@ def build_app(hub: Hub, authenticator: JWTAuthenticator, settings: Settings) -> 
         topic_policy=claim_topics_policy(settings.topics_claim),
         max_publish_bytes=settings.max_publish_bytes,
         queue_size=settings.queue_size,
+        queue_bytes=settings.queue_bytes,
         max_frame_bytes=settings.max_frame_bytes,
         close_timeout=settings.close_timeout,
     )
