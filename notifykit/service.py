@@ -12,7 +12,8 @@ Routes (relative to where it is mounted):
 * ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
 * ``GET /metrics`` — Prometheus text format;
 * ``GET /presence/<user_id>`` — ``{"user", "online", "connections"}`` across every instance;
-  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key).
+  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key);
+* ``GET /client.js`` — the browser client (``notifykit/static/client.js``).
 
 When it is the root ASGI app (as under ``notifykit serve``) it also runs the hub for the
 server's lifespan; when mounted, the host app enters the hub in its own lifespan.
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .adapters.asgi import WebSocketEndpoint
+from .adapters.asgi_static import client_routes
 from .errors import InvalidNotification, PropagationError
 from .publish import parse_publish
 
@@ -74,6 +76,7 @@ class NotifyApp:
                 Route("/metrics", self.metrics, methods=["GET"]),
                 Route("/presence", self.presence_summary, methods=["GET"]),
                 Route("/presence/{user_id:path}", self.presence, methods=["GET"]),
+                *client_routes(),
             ]
         )
 

@@ -66,6 +66,7 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     add_setting(serve, "--instance-id", "this instance's name in presence, logs and Redis")
     add_setting(serve, "--dev", "development: generate a secret and an API key and print them")
+    add_setting(serve, "--demo", "development: a demo page at /demo that mints tokens (as --dev)")
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -78,7 +79,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for name in ("queue_size", "max_frame_bytes", "max_publish_bytes"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.dev:
+    if args.dev or args.demo:
         if not args.jwt_secret and not args.jwt_public_key_file:
             args.jwt_secret = secrets.token_urlsafe(48)
         if not args.api_key:
@@ -103,6 +104,12 @@ def serve_command(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_frame_bytes=args.max_frame_bytes,
     )
+    if args.demo:
+        from ..adapters.asgi_static import DemoTokens, demo_routes
+
+        tokens = DemoTokens.matching(authenticator, args.jwt_secret, args.topics_claim)
+        app.http.router.routes.extend(demo_routes(hub, tokens))
+        print(f"notifykit demo (development only): http://{args.host}:{args.port}/demo", flush=True)
     if args.dev:
         print_dev_info(args, authenticator)
     return run_server(app, hub, args, backends)

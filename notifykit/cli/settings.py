@@ -72,6 +72,7 @@ SETTINGS: Mapping[str, Setting] = {
     "presence_ttl": Setting("float", None, f"{DEFAULT_PRESENCE_TTL:g}"),
     "instance_id": Setting("str", None, "generated: <hostname>-<pid>-<random>"),
     "dev": Setting("bool", False),
+    "demo": Setting("bool", False),
     "url": Setting("str", "http://127.0.0.1:8000"),
 }
 """Every setting flag by ``argparse`` dest; its environment variable is ``NOTIFYKIT_`` + DEST."""
