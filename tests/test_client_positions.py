@@ -243,3 +243,14 @@ def test_settings_that_cannot_work_are_refused_when_the_client_is_made(
 ) -> None:
     with pytest.raises(ConfigurationError):
         NotifyClient(url, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_client_used_before_it_was_started_says_so_instead_of_waiting_forever() -> None:
+    client = NotifyClient("ws://127.0.0.1:9/ws")
+    with pytest.raises(RuntimeError, match="async with"):
+        await client.subscribe("team:7")
+    with pytest.raises(RuntimeError, match="async with"):
+        await anext(client)
+    with pytest.raises(RuntimeError, match="async with"):
+        await client.wait_open()

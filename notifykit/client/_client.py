@@ -279,6 +279,7 @@ class NotifyClient:
     async def __anext__(self) -> Notification:
         """The next notification; the iteration ends when the client is closed, and raises
         :class:`ClientClosed` when the server stopped it for good."""
+        self._require_started()
         try:
             return await self._inbox.get()
         except _InboxClosed:
@@ -296,6 +297,7 @@ class NotifyClient:
         (``forbidden``, ``invalid_topic``, ``unavailable``...) and then forgets the topic, or
         :class:`ClientClosed` if the client stops first.
         """
+        self._require_started()
         self._topics[topic] = None
         while True:
             session = await self._welcomed_session()
@@ -307,8 +309,7 @@ class NotifyClient:
             except _ConnectionLost:
                 continue  # the next connection subscribes again; wait for its answer
             if isinstance(reply, Error):
-                self._topics.pop(topic, None)
-                self._book.forget_topic(topic)
+                self._forget(session, topic, future)
                 raise RequestRefused(reply.code, reply.message)
             return
 
@@ -407,9 +408,13 @@ class NotifyClient:
         try:
             async with asyncio.timeout(self._open_timeout):
                 text = await ws.recv()
-            frame, raw = _decode(text)
         except TimeoutError as exc:
             return _Ended(NO_CLOSE_FRAME, "no welcome from the server", error=exc)
+        try:
+            frame: ServerFrame | None
+            frame, raw = _decode(text)
+        except ProtocolError:
+            frame, raw = None, {}
         if not isinstance(frame, Welcome):
             await ws.close(CloseCode.NORMAL, "expected welcome")
             return _Ended(NO_CLOSE_FRAME, f"the first frame was not a welcome: {text[:80]!r}")
@@ -443,9 +448,15 @@ class NotifyClient:
                 return False
             if isinstance(reply, Error):
                 logger.warning("notifykit: cannot subscribe to %r again: %s", topic, reply.message)
-                self._topics.pop(topic, None)
-                self._book.forget_topic(topic)
+                self._forget(session, topic, future)
         return True
+
+    def _forget(self, session: _Session, topic: str, refused: asyncio.Future[ServerFrame]) -> None:
+        """Drop a topic the server refused (a later ``subscribe`` asks again)."""
+        self._topics.pop(topic, None)
+        self._book.forget_topic(topic)
+        if session.subscriptions.get(topic) is refused:
+            del session.subscriptions[topic]
 
     async def _send_subscribe(self, session: _Session, topic: str) -> asyncio.Future[ServerFrame]:
         since = self._book.since(topic) if self._resume else None
@@ -533,6 +544,10 @@ class NotifyClient:
         self._refs += 1
         return f"{kind}{self._refs}"
 
+    def _require_started(self) -> None:
+        if self._task is None:
+            raise RuntimeError("start the client first: async with NotifyClient(...) as client")
+
     async def _welcomed_session(self) -> _Session:
         """The current session once it has its welcome (it may still be subscribing)."""
         while True:
@@ -543,6 +558,7 @@ class NotifyClient:
 
     async def _open_session(self) -> _Session:
         """The current session once it is ``open`` (welcomed, topics subscribed again)."""
+        self._require_started()
         while True:
             self._raise_if_stopped()
             if self._open.is_set() and self._session is not None:

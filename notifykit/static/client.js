@@ -298,8 +298,7 @@ export class NotifyClient extends EventTarget {
         throw error;
       }
       if (frame.type === "error") {
-        this.#topics.delete(topic);
-        this.#book.forgetTopic(topic);
+        this.#forget(session, topic, reply);
         throw new RequestRefused(frame.code, frame.message);
       }
       return;
@@ -472,8 +471,7 @@ export class NotifyClient extends EventTarget {
       }
       if (frame.type === "error") {
         console.warn(`notifykit: cannot subscribe to ${topic} again: ${frame.message}`);
-        this.#topics.delete(topic);
-        this.#book.forgetTopic(topic);
+        this.#forget(session, topic, reply);
       }
     }
     if (this.#session === session) {
@@ -519,6 +517,13 @@ export class NotifyClient extends EventTarget {
     const reply = this.#request(session, frame);
     session.subscriptions.set(topic, reply);
     return reply;
+  }
+
+  #forget(session, topic, refused) {
+    // A refused topic is dropped; a later subscribe() asks the server again.
+    this.#topics.delete(topic);
+    this.#book.forgetTopic(topic);
+    if (session.subscriptions.get(topic) === refused) session.subscriptions.delete(topic);
   }
 
   #request(session, frame) {
