@@ -15,7 +15,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import pytest
 from playwright.sync_api import BrowserContext, Page, sync_playwright
+from servers_e2e import API_KEY, Server
 
 CHROMIUM = os.environ.get("NOTIFYKIT_TEST_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -59,6 +62,22 @@ def chromium() -> Iterator[BrowserContext]:
             context.close()
 
 
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture() -> Iterator[BrowserContext]:
+    """``browser``: one Chromium per test module (import this into the module)."""
+    with chromium() as context:
+        yield context
+
+
+@pytest.fixture(name="page_errors")
+def page_errors_fixture() -> Iterator[list[str]]:
+    """``page_errors``: uncaught errors of the pages a test opens (with :func:`new_page`);
+    there must be none."""
+    errors: list[str] = []
+    yield errors
+    assert errors == []
+
+
 def new_page(context: BrowserContext, errors: list[str]) -> Page:
     """A new tab; uncaught page errors are appended to ``errors`` (tests assert none)."""
     page = context.new_page()
@@ -73,3 +92,14 @@ def screenshot(page: Page, test: str, step: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
     return path
+
+
+def publish(server: Server, body: dict[str, object]) -> str:
+    """``POST /publish`` with the test API key (synchronously: browser tests use Playwright's
+    sync API); returns the notification id."""
+    response = httpx.post(
+        f"{server.url}/publish", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 202, response.text
+    notification_id: str = response.json()["id"]
+    return notification_id

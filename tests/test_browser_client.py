@@ -12,9 +12,13 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-from browsers import chromium, new_page
+from browsers import (  # the fixtures browser and page_errors
+    browser_fixture,  # noqa: F401
+    new_page,
+    page_errors_fixture,  # noqa: F401
+    publish,
+)
 from playwright.sync_api import BrowserContext, Page
 from servers_e2e import API_KEY, OTHER_SECRET, SECRET, Server, free_port, start_serve, token
 
@@ -57,23 +61,10 @@ async ({url, token, tokens, mint, backoff, topics}) => {
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[BrowserContext]:
-    with chromium() as context:
-        yield context
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     srv = start_serve(*FLAGS)
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def page_errors() -> Iterator[list[str]]:
-    errors: list[str] = []
-    yield errors
-    assert errors == []
 
 
 @pytest.fixture
@@ -107,15 +98,6 @@ def wait_until(page: Page, condition: str) -> None:
 
 def wait_for_count(page: Page, state: str, count: int) -> None:
     wait_until(page, f"window.log.filter((c) => c.state === '{state}').length >= {count}")
-
-
-def publish(server: Server, body: dict[str, object]) -> str:
-    response = httpx.post(
-        f"{server.url}/publish", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
-    )
-    assert response.status_code == 202, response.text
-    notification_id: str = response.json()["id"]
-    return notification_id
 
 
 def received_ids(page: Page) -> list[str]:

@@ -9,11 +9,16 @@ have come before it has. Screenshots are saved under ``test-artifacts/browser/``
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
-from browsers import chromium, new_page, screenshot
+from browsers import (  # the fixtures browser and page_errors
+    browser_fixture,  # noqa: F401
+    new_page,
+    page_errors_fixture,  # noqa: F401
+    publish,
+    screenshot,
+)
 from playwright.sync_api import BrowserContext, Page, expect
 from servers import RedisServer
 from servers_e2e import API_KEY, SECRET, Server, log_on_failure, start_serve
@@ -29,24 +34,16 @@ def demo_flags(*extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[BrowserContext]:
-    with chromium() as context:
-        yield context
-
-
-@pytest.fixture(scope="module")
 def demo() -> Iterator[Server]:
     server = start_serve(*demo_flags())
     yield server
     server.stop()
 
 
-@pytest.fixture
-def page_errors() -> Iterator[list[str]]:
-    """Uncaught errors of every page a test opens; there must be none."""
-    errors: list[str] = []
-    yield errors
-    assert errors == []
+@pytest.fixture(autouse=True)
+def _demo_log(request: pytest.FixtureRequest, demo: Server) -> Iterator[None]:
+    with log_on_failure(request, demo):
+        yield
 
 
 @pytest.fixture
@@ -58,12 +55,23 @@ def pages(browser: BrowserContext) -> Iterator[list[Page]]:
         page.close()
 
 
-def sign_in(
-    browser: BrowserContext, server: Server, user: str, pages: list[Page], errors: list[str]
-) -> Page:
-    """Open the demo in a new tab and sign in as ``user``; return once the page is live."""
-    page = new_page(browser, errors)
-    pages.append(page)
+SignIn = Callable[[Server, str], Page]
+
+
+@pytest.fixture
+def sign_in(browser: BrowserContext, pages: list[Page], page_errors: list[str]) -> SignIn:
+    """``sign_in(server, user)``: open the demo in a new tab and sign in as ``user``; returns
+    the page once it is live."""
+
+    def open_demo(server: Server, user: str) -> Page:
+        page = new_page(browser, page_errors)
+        pages.append(page)
+        return _sign_in(page, server, user)
+
+    return open_demo
+
+
+def _sign_in(page: Page, server: Server, user: str) -> Page:
     page.goto(server.url + "/demo")
     page.fill('[data-testid="user-input"]', user)
     page.press('[data-testid="user-input"]', "Enter")
@@ -89,15 +97,6 @@ def subscribe_on(page: Page, topic: str) -> None:
     expect(page.locator(f'.chip[data-topic="{topic}"]')).to_be_visible()
 
 
-def publish(server: Server, body: dict[str, object]) -> str:
-    response = httpx.post(
-        f"{server.url}/publish", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
-    )
-    assert response.status_code == 202, response.text
-    notification_id: str = response.json()["id"]
-    return notification_id
-
-
 def sentinel_is_all_it_got(server: Server, page: Page) -> None:
     """Broadcast a sentinel: it must be the only notification in ``page``'s inbox."""
     sentinel = publish(server, {"event": "sentinel", "broadcast": True})
@@ -114,78 +113,65 @@ def toast_titled(page: Page, title: str) -> None:
 
 def test_a_notification_sent_to_one_user_appears_only_on_their_page(
     request: pytest.FixtureRequest,
-    browser: BrowserContext,
     demo: Server,
-    pages: list[Page],
-    page_errors: list[str],
+    sign_in: SignIn,
 ) -> None:
-    with log_on_failure(request, demo):
-        alice = sign_in(browser, demo, "alice", pages, page_errors)
-        bob = sign_in(browser, demo, "bob", pages, page_errors)
-        screenshot(alice, request.node.name, "1-signed-in")
+    alice = sign_in(demo, "alice")
+    bob = sign_in(demo, "bob")
+    screenshot(alice, request.node.name, "1-signed-in")
 
-        send_from(bob, "user", "alice", "Order shipped", "Your order #1042 is on its way.")
-        toast_titled(alice, "Order shipped")
-        item = alice.locator(INBOX_ITEMS).first
-        expect(item).to_contain_text("Your order #1042 is on its way.")
-        expect(item).to_contain_text("to you · from bob")
-        screenshot(alice, request.node.name, "2-alice-received")
+    send_from(bob, "user", "alice", "Order shipped", "Your order #1042 is on its way.")
+    toast_titled(alice, "Order shipped")
+    item = alice.locator(INBOX_ITEMS).first
+    expect(item).to_contain_text("Your order #1042 is on its way.")
+    expect(item).to_contain_text("to you · from bob")
+    screenshot(alice, request.node.name, "2-alice-received")
 
-        sentinel_is_all_it_got(demo, bob)
-        screenshot(bob, request.node.name, "3-bob-did-not")
+    sentinel_is_all_it_got(demo, bob)
+    screenshot(bob, request.node.name, "3-bob-did-not")
 
 
 def test_a_topic_notification_reaches_only_the_page_subscribed_to_it(
     request: pytest.FixtureRequest,
-    browser: BrowserContext,
     demo: Server,
-    pages: list[Page],
-    page_errors: list[str],
+    sign_in: SignIn,
 ) -> None:
-    with log_on_failure(request, demo):
-        alice = sign_in(browser, demo, "alice", pages, page_errors)
-        bob = sign_in(browser, demo, "bob", pages, page_errors)
-        subscribe_on(alice, "team:design")
+    alice = sign_in(demo, "alice")
+    bob = sign_in(demo, "bob")
+    subscribe_on(alice, "team:design")
 
-        send_from(bob, "topic", "team:design", "Design review at 3pm", "Bring feedback.")
-        toast_titled(alice, "Design review at 3pm")
-        expect(alice.locator(INBOX_ITEMS).first).to_contain_text("#team:design · from bob")
-        screenshot(alice, request.node.name, "alice-subscribed")
+    send_from(bob, "topic", "team:design", "Design review at 3pm", "Bring feedback.")
+    toast_titled(alice, "Design review at 3pm")
+    expect(alice.locator(INBOX_ITEMS).first).to_contain_text("#team:design · from bob")
+    screenshot(alice, request.node.name, "alice-subscribed")
 
-        sentinel_is_all_it_got(demo, bob)
+    sentinel_is_all_it_got(demo, bob)
 
 
 def test_everyone_means_every_page(
     request: pytest.FixtureRequest,
-    browser: BrowserContext,
     demo: Server,
-    pages: list[Page],
-    page_errors: list[str],
+    sign_in: SignIn,
 ) -> None:
-    with log_on_failure(request, demo):
-        alice = sign_in(browser, demo, "alice", pages, page_errors)
-        bob = sign_in(browser, demo, "bob", pages, page_errors)
-        send_from(bob, "everyone", "", "Maintenance tonight", "Restart at 22:00 UTC.")
-        for page in (alice, bob):
-            toast_titled(page, "Maintenance tonight")
-            expect(page.locator(INBOX_ITEMS).first).to_contain_text("to everyone · from bob")
-        screenshot(bob, request.node.name, "bob")
+    alice = sign_in(demo, "alice")
+    bob = sign_in(demo, "bob")
+    send_from(bob, "everyone", "", "Maintenance tonight", "Restart at 22:00 UTC.")
+    for page in (alice, bob):
+        toast_titled(page, "Maintenance tonight")
+        expect(page.locator(INBOX_ITEMS).first).to_contain_text("to everyone · from bob")
+    screenshot(bob, request.node.name, "bob")
 
 
-def test_a_refused_topic_is_explained_on_the_page(
-    browser: BrowserContext, demo: Server, pages: list[Page], page_errors: list[str]
-) -> None:
-    alice = sign_in(browser, demo, "alice", pages, page_errors)
+def test_a_refused_topic_is_explained_on_the_page(demo: Server, sign_in: SignIn) -> None:
+    alice = sign_in(demo, "alice")
     alice.fill('[data-testid="topic-input"]', "not a topic")
     alice.click('[data-testid="subscribe"]')
     expect(alice.locator('[data-testid="topic-error"]')).to_contain_text("Cannot subscribe")
     expect(alice.locator(".chip")).to_have_count(0)
 
 
-def test_signing_out_closes_the_connection(
-    browser: BrowserContext, demo: Server, pages: list[Page], page_errors: list[str]
-) -> None:
-    alice = sign_in(browser, demo, "alice", pages, page_errors)
+def test_signing_out_closes_the_connection(demo: Server, sign_in: SignIn) -> None:
+    alice = sign_in(demo, "alice")
     alice.click('[data-action="sign-out"]')
     expect(alice.locator(STATE)).to_have_attribute("data-state", "stopped")
     expect(alice.locator(STATE)).to_have_text("Signed out")
@@ -196,14 +182,11 @@ def test_signing_out_closes_the_connection(
 
 
 def test_after_a_server_restart_the_page_reconnects_by_itself(
-    request: pytest.FixtureRequest,
-    browser: BrowserContext,
-    pages: list[Page],
-    page_errors: list[str],
+    request: pytest.FixtureRequest, sign_in: SignIn
 ) -> None:
     server = start_serve(*demo_flags())
     try:
-        alice = sign_in(browser, server, "alice", pages, page_errors)
+        alice = sign_in(server, "alice")
         subscribe_on(alice, "team:ops")
         server.stop(signal.SIGTERM)
         expect(alice.locator(STATE)).not_to_have_attribute("data-state", "open")
@@ -226,11 +209,7 @@ def test_after_a_server_restart_the_page_reconnects_by_itself(
 
 @pytest.mark.redis
 def test_a_page_reconnects_after_its_server_restarts_and_resumes_what_it_missed(
-    request: pytest.FixtureRequest,
-    browser: BrowserContext,
-    pages: list[Page],
-    page_errors: list[str],
-    redis_server: RedisServer,
+    request: pytest.FixtureRequest, sign_in: SignIn, redis_server: RedisServer
 ) -> None:
     """Two instances on one Redis: alice's instance goes down, bob's sends her a notification,
     hers comes back. Once the server numbers its streams (welcome ``positions``), the page
@@ -238,8 +217,8 @@ def test_a_page_reconnects_after_its_server_restarts_and_resumes_what_it_missed(
     flags = demo_flags("--redis-url", redis_server.url)
     hers, bobs = start_serve(*flags), start_serve(*flags)
     try:
-        alice = sign_in(browser, hers, "alice", pages, page_errors)
-        bob = sign_in(browser, bobs, "bob", pages, page_errors)
+        alice = sign_in(hers, "alice")
+        bob = sign_in(bobs, "bob")
         resumes = bool(alice.evaluate("Object.keys(window.notifykitDemo.client.positions).length"))
 
         hers.stop(signal.SIGTERM)
