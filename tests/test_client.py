@@ -15,16 +15,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import pytest
+from servers import RedisServer
 from servers_e2e import (
     API_KEY,
     OTHER_SECRET,
     SECRET,
     Server,
+    client,
     free_port,
     log_on_failure,
     publish,
     start_serve,
     token,
+    welcome,
 )
 
 from notifykit.client import (
@@ -121,8 +124,8 @@ async def next_notification(client: NotifyClient, within: float = WAIT) -> Notif
 async def sentinel(server: Server, *clients: NotifyClient) -> None:
     """Broadcast a sentinel; it must be the next notification of every client."""
     sentinel_id = await publish(server, {"event": "sentinel", "broadcast": True})
-    for client in clients:
-        n = await next_notification(client)
+    for each in clients:
+        n = await next_notification(each)
         assert (n.event, n.id) == ("sentinel", sentinel_id), n
 
 
@@ -383,9 +386,42 @@ async def test_without_stream_positions_from_the_server_nothing_is_resumed_and_n
             assert lee.state.recovered is None
 
 
+@pytest.mark.redis
+async def test_after_its_server_restarts_it_resumes_what_was_sent_meanwhile(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> None:
+    """Two instances on one Redis: the client's instance goes down, a notification for its user
+    is published through the other, the instance comes back. Once the server numbers its
+    streams (``welcome`` carries ``positions``) the client resumes and receives it, exactly
+    once; until then it reconnects and goes on live."""
+    flags = [*serve_flags(), "--redis-url", redis_server.url]
+    hers, other = start_serve(*flags), start_serve(*flags)
+    states = States()
+    try:
+        async with NotifyClient(
+            hers.ws_url + "/ws", token_factory=Tokens("mo"), on_state=states, backoff=FAST
+        ) as mo:
+            await mo.wait_open()
+            resumes = bool(mo.positions)
+            hers.stop(signal.SIGTERM)
+            await states.wait_for(lambda: states.count(CLOSED) >= 1)
+            missed = await publish(other, {"event": "while.away", "user": "mo"})
+            hers = start_serve(*flags, port=hers.port)
+            with log_on_failure(request, hers, other):
+                await states.wait_for(lambda: states.count(OPEN) == 2)
+                if resumes:
+                    assert mo.state.recovered is True
+                    assert (await next_notification(mo)).id == missed
+                else:
+                    assert mo.state.recovered is None
+                live = await publish(other, {"event": "live", "user": "mo"})
+                assert (await next_notification(mo)).id == live
+    finally:
+        hers.stop()
+        other.stop()
+
+
 async def _welcome_fields(server: Server) -> set[str]:
     """The fields of the server's ``welcome`` frame (to see whether it numbers streams)."""
-    from servers_e2e import client, welcome
-
     async with client(server, token("probe")) as ws:
         return set(await welcome(ws))
