@@ -100,10 +100,17 @@ function showState(change) {
 function describe(notification) {
   const data = notification.data;
   const demo = notification.event === EVENT && data !== null && typeof data === "object";
-  const kind = notification.topic ? "topic" : demo && data.to === "everyone" ? "everyone" : "user";
+  let kind = "api"; // published by the application (POST /publish, notifykit publish, the hub)
+  if (notification.topic) kind = "topic";
+  else if (demo) kind = data.to === "everyone" ? "everyone" : "user";
   const title = demo && data.title ? data.title : notification.event;
   const text = demo ? data.text || "" : data === null ? "" : JSON.stringify(data);
-  const where = { topic: `#${notification.topic}`, everyone: "to everyone", user: "to you" }[kind];
+  const where = {
+    topic: `#${notification.topic}`,
+    everyone: "to everyone",
+    user: "to you",
+    api: "from the application",
+  }[kind];
   const from = demo && data.from ? ` · from ${data.from}` : "";
   return { kind, title, text, meta: where + from, time: new Date(notification.ts) };
 }
@@ -114,13 +121,11 @@ function receive(notification) {
   const li = element("li", `item kind-${item.kind}`);
   li.dataset.testid = "inbox-item";
   li.dataset.id = notification.id;
-  const icon = element("span", "item-icon", { topic: "#", everyone: "★", user: "@" }[item.kind]);
+  const icon = element("span", "item-icon", { topic: "#", everyone: "★", user: "@", api: "⚡" }[item.kind]);
   const body = element("div");
-  body.append(
-    element("div", "item-title", item.title),
-    element("div", "item-text", item.text),
-    element("div", "item-meta", item.meta),
-  );
+  body.append(element("div", "item-title", item.title));
+  if (item.text) body.append(element("div", "item-text", item.text));
+  body.append(element("div", "item-meta", item.meta));
   const time = element("time", "item-time", item.time.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }));
   time.dateTime = item.time.toISOString();
   li.append(icon, body, time);
@@ -141,14 +146,9 @@ function toast(item, id = "") {
   close.setAttribute("aria-label", "Dismiss");
   const progress = element("div", "toast-progress");
   progress.style.setProperty("--toast-ms", `${TOAST_MS}ms`);
-  node.append(
-    element("span", "toast-bar"),
-    element("div", "toast-title", item.title),
-    close,
-    element("div", "toast-text", item.text),
-    element("div", "toast-meta", item.meta),
-    progress,
-  );
+  node.append(element("span", "toast-bar"), element("div", "toast-title", item.title), close);
+  if (item.text) node.append(element("div", "toast-text", item.text));
+  node.append(element("div", "toast-meta", item.meta), progress);
   const dismiss = () => {
     node.classList.add("leaving");
     setTimeout(() => node.remove(), 250);
