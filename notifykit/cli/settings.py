@@ -146,6 +146,9 @@ SETTINGS: Mapping[str, Setting] = {
         shown="generated: <hostname>-<pid>-<random>",
     ),
     "dev": Setting("bool", False, "development: generate a secret and an API key and print them"),
+    "demo": Setting(
+        "bool", False, "development: a demo page at /demo that mints tokens (implies --dev's keys)"
+    ),
     "url": Setting(
         "str", "http://127.0.0.1:8000", "base URL of the notifykit service", frozenset({"publish"})
     ),
@@ -185,6 +188,7 @@ class Settings:
     presence_ttl: float | None = None
     instance_id: str | None = None
     dev: bool = False
+    demo: bool = False
     url: str = "http://127.0.0.1:8000"
 
 
