@@ -28,7 +28,7 @@ from .errors import (
     PropagationError,
     ProtocolError,
 )
-from .model import Handshake, Principal, validate_topic
+from .model import Handshake, Principal, topic_key, validate_topic
 from .topics import claim_topics_policy
 from .wire import (
     SUBPROTOCOL,
@@ -37,6 +37,7 @@ from .wire import (
     ErrorCode,
     Ping,
     Pong,
+    Position,
     Refresh,
     Refreshed,
     Subscribe,
@@ -46,6 +47,7 @@ from .wire import (
     Welcome,
     encode,
     parse_client,
+    parse_positions,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
     from .hub import Hub
     from .protocols import Authenticator, TopicPolicy, Transport
+    from .recovery import Registration
     from .wire import ClientFrame
 
 __all__ = ["Gateway"]
@@ -149,6 +152,12 @@ class Gateway:
             metrics["auth_failures"] += 1
             await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
             return
+        try:
+            resume = _resume(handshake)
+        except ProtocolError as exc:
+            metrics["bad_frames"] += 1
+            await self._refuse(transport, subprotocol, CloseCode.BAD_FRAME, str(exc))
+            return
         if not self.hub.running:
             await self._refuse(transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running")
             return
@@ -159,7 +168,7 @@ class Gateway:
         metrics["connections_opened"] += 1
         try:
             async with anyio.create_task_group() as writers:
-                await self._converse(connection, transport, writers)
+                await self._converse(connection, transport, writers, resume)
                 self.hub.unregister(connection)
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
@@ -182,18 +191,34 @@ class Gateway:
             metrics["connections_closed"] += 1
 
     async def _converse(
-        self, connection: Connection, transport: Transport, writers: TaskGroup
+        self,
+        connection: Connection,
+        transport: Transport,
+        writers: TaskGroup,
+        resume: dict[str, Position] | None,
     ) -> None:
         """Register the connection, send its welcome, and serve it until it ends."""
+
+        def welcome(registration: Registration) -> str:
+            principal = connection.principal
+            return encode(
+                Welcome(
+                    connection.id,
+                    principal.user_id,
+                    _unix(principal.expires_at),
+                    registration.positions,
+                    registration.recovered,
+                )
+            )
+
         try:
             # close() cancels this scope; its deadline is the token's expiry, which a refresh
             # moves.
             with anyio.CancelScope(deadline=self._deadline(connection.principal)) as scope:
                 connection.bind(scope)
-                # Queued before registering, sent only once registered: the welcome is always
+                # The welcome is queued once registered, before what was missed: it is always
                 # the first frame, and it promises that later notifications will arrive.
-                connection.offer(encode(_welcome(connection)))
-                await self.hub.attach(connection)
+                await self.hub.attach(connection, resume=resume, greeting=welcome)
                 connection.start_sending(transport, writers)
                 await self._read(connection, transport, scope)
             if connection.close_code is None and anyio.current_time() >= scope.deadline:
@@ -277,8 +302,10 @@ class Gateway:
         match frame:
             case Ping(ref):
                 connection.offer(encode(Pong(ref)))
-            case Subscribe(topic, ref):
-                connection.offer(encode(await self._subscribe(connection, topic, ref)))
+            case Subscribe(topic, ref, since):
+                refusal = await self._subscribe(connection, topic, ref, since)
+                if refusal is not None:
+                    connection.offer(encode(refusal))
             case Unsubscribe(topic, ref):
                 if topic in connection.topics:
                     await self.hub.unsubscribe(connection, topic)
@@ -287,23 +314,29 @@ class Gateway:
                 connection.offer(encode(await self._refresh(connection, token, ref, expiry)))
 
     async def _subscribe(
-        self, connection: Connection, topic: str, ref: str | None
-    ) -> Subscribed | Error:
+        self, connection: Connection, topic: str, ref: str | None, since: Position | None
+    ) -> Error | None:
+        """Subscribe, offering ``subscribed`` and what was missed since ``since``; or return
+        why not."""
         try:
             validate_topic(topic)
         except InvalidNotification as exc:
             return Error(ErrorCode.INVALID_TOPIC, str(exc), ref)
-        if topic in connection.topics:
-            return Subscribed(topic, ref)
-        if len(connection.topics) >= self.max_topics:
-            return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
-        if not await self._may_subscribe(connection.principal, topic):
-            return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
+        if topic not in connection.topics:
+            if len(connection.topics) >= self.max_topics:
+                return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
+            if not await self._may_subscribe(connection.principal, topic):
+                return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
+
+        def subscribed(registration: Registration) -> str:
+            position = registration.positions.get(topic_key(topic))
+            return encode(Subscribed(topic, ref, position, registration.recovered))
+
         try:
-            await self.hub.subscribe(connection, topic)
+            await self.hub.subscribe(connection, topic, since=since, greeting=subscribed)
         except PropagationError:  # the hub left the connection as it was
             return Error(ErrorCode.UNAVAILABLE, "subscription failed; retry later", ref)
-        return Subscribed(topic, ref)
+        return None
 
     async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
         if principal.is_anonymous:
@@ -370,9 +403,10 @@ def _too_large(message: str | bytes, limit: int) -> bool:
     return isinstance(message, str) and len(message) * 4 > limit and len(message.encode()) > limit
 
 
-def _welcome(connection: Connection) -> Welcome:
-    principal = connection.principal
-    return Welcome(connection.id, principal.user_id, _unix(principal.expires_at))
+def _resume(handshake: Handshake) -> dict[str, Position] | None:
+    """The positions of the ``resume`` query parameter, if any (ProtocolError if invalid)."""
+    text = handshake.query.get("resume")
+    return None if text is None else parse_positions(text)
 
 
 def _unix(expires_at: float | None) -> int | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import InvalidNotification
-from .wire import BEARER_PREFIX
+from .wire import BEARER_PREFIX, Position
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -29,6 +29,7 @@ __all__ = [
     "BROADCAST_KEY",
     "Handshake",
     "Principal",
+    "StreamHistory",
     "Target",
     "ToAuthenticated",
     "ToEveryone",
@@ -204,6 +205,39 @@ def users(user_ids: Iterable[str]) -> ToUsers:
     if isinstance(user_ids, str):
         raise InvalidNotification("pass a list of user ids, not a single string")
     return ToUsers(tuple(user_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHistory:
+    """What a propagator's history holds for one stream (a routing key), read at one instant.
+
+    ``epoch`` names this incarnation of the stream; ``last`` is its last offset (0 before the
+    first notification); ``first`` is the first offset still retained (``last + 1`` when
+    nothing is); ``entries`` are ``(offset, stamped payload)`` pairs after the offset asked
+    for, in offset order, as many as were asked for. ``complete`` is False when ``entries``
+    stops short of ``last`` because of the limit.
+    """
+
+    epoch: str
+    last: int
+    first: int
+    entries: tuple[tuple[int, bytes], ...] = ()
+    complete: bool = True
+
+    @property
+    def position(self) -> Position:
+        """The stream's last position."""
+        return Position(self.epoch, self.last)
+
+    def continues(self, position: Position) -> bool:
+        """True if a client at ``position`` can continue without a gap: same epoch, not ahead,
+        and every entry after it still retained (and read)."""
+        return (
+            position.epoch == self.epoch
+            and position.offset <= self.last
+            and (position.offset == self.last or position.offset + 1 >= self.first)
+            and self.complete
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from .model import Principal
+    from .model import Principal, StreamHistory
 
 __all__ = [
     "Authenticator",
@@ -37,7 +37,8 @@ Deliver: TypeAlias = Callable[[str, bytes], None]
 """Called by a propagator for every message it receives: ``deliver(routing_key, payload)``.
 
 It is synchronous and never blocks (it only hands frames to bounded per-connection queues), so a
-propagator's reader can call it inline without ever waiting on a slow websocket.
+propagator's reader can call it inline without ever waiting on a slow websocket. With history,
+``payload`` is stamped with its place in the key's stream (:func:`notifykit.envelope.stamp`).
 """
 
 TopicPolicy: TypeAlias = Callable[["Principal", str], bool | Awaitable[bool]]
@@ -151,6 +152,17 @@ class Propagator(Protocol):
       Publishing to a key nobody subscribed to succeeds and delivers nothing.
     * ``deliver`` raising is logged and never ends delivery of later payloads.
     * ``healthy`` is False while the backend is unreachable (the service reports "degraded").
+
+    History (optional: a propagator may keep none, then ``read`` returns ``{}``):
+
+    * ``publish`` appends the payload to the stream of each key — offsets 1, 2, 3, ... with no
+      holes, an epoch that changes whenever the stream's history is lost — and delivers it
+      stamped with that place (:func:`notifykit.envelope.stamp`), in offset order per key.
+      Assigning the offset and publishing are one atomic step, so live delivery and history
+      always agree.
+    * ``read`` returns each stream's :class:`~notifykit.model.StreamHistory`; reading a stream
+      that does not exist yet creates its epoch (offset 0), so a position handed to a client is
+      always a real one.
     """
 
     async def start(self, deliver: Deliver) -> None:
@@ -171,6 +183,19 @@ class Propagator(Protocol):
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         """Send ``payload`` to every instance subscribed to any of ``keys`` (once per key)."""
+        ...
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        """Return once every payload published to ``keys`` before this call — by any
+        instance — has been passed to ``deliver`` (for subscribed keys). With history, this
+        is what lets a joining connection take what it holds as everything after a read."""
+        ...
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        """The history of the stream of each key in ``after``: for a key mapped to an offset,
+        with up to ``limit`` entries after it; for a key mapped to None, with none. Keys with
+        no history (all of them when history is off) are left out. Raises
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer."""
         ...
 
     @property

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
+from ..envelope import unstamp
 from ..protocols import Propagator
 from ._checking import TIMEOUT, bounded, expect, short
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ..wire import Position
 
 __all__ = [
     "Cluster",
@@ -53,11 +56,17 @@ class Node:
         self.propagator = propagator
         self.sentinel_key = sentinel_key
         self.log: list[tuple[str, bytes]] = []
+        """``(key, payload as published)`` for every delivery, in order."""
+        self.stamps: list[tuple[str, Position | None]] = []
+        """``(key, its position in the key's stream)`` for every delivery (None without
+        history), in the same order as ``log``."""
         self.fail_on: set[bytes] = set()
         self._wakeup: anyio.Event | None = None
 
     def deliver(self, key: str, payload: bytes) -> None:
+        position, payload = unstamp(payload)
         self.log.append((key, payload))
+        self.stamps.append((key, position))
         if self._wakeup is not None:
             self._wakeup.set()
         if payload in self.fail_on:
