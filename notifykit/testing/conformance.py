@@ -10,7 +10,9 @@ implementation runs them from its own test suite::
     async def test_my_propagator(check, my_factory):
         await check(my_factory)
 
-Nothing here needs pytest. Every wait is bounded (5 s), and the checks work under ``python -O``.
+Nothing here needs pytest. Every wait is bounded: each check takes ``timeout=`` (seconds any one
+wait may take, default 5; a test that expects a check to fail can pass a short one), and the
+checks work under ``python -O``.
 
 A :data:`PropagatorFactory` returns, on every call, an async context manager yielding a new,
 *unstarted* propagator on the same backend as the others (for Redis: the same server), as the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from ._propagator_checks import (
     PROPAGATOR_CHECKS,
+    PropagatorCheck,
     check_propagator,
     check_propagator_aclose_is_idempotent_and_final,
     check_propagator_delivers_own_publishes,
@@ -61,6 +64,7 @@ from ._socket_state_checks import (
 __all__ = [
     "PROPAGATOR_CHECKS",
     "SOCKET_STATE_CHECKS",
+    "PropagatorCheck",
     "PropagatorFactory",
     "SocketStateFactory",
     "check_propagator",
