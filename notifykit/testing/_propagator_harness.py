@@ -32,8 +32,6 @@ __all__ = [
 PropagatorFactory: TypeAlias = Callable[[], AbstractAsyncContextManager[Propagator]]
 """Returns a context manager yielding a new unstarted propagator on the shared backend."""
 
-_SETTLE = 0.1  # seconds allowed for stragglers once a sentinel proved the pipe is flowing
-
 
 def first_difference(got: Sequence[object], sent: Sequence[object]) -> int:
     """The index of the first item where ``got`` and ``sent`` differ (or the shorter length)."""
@@ -156,14 +154,16 @@ class Cluster(AsyncExitStack):
         return self
 
     async def settle(self, publisher: Node, nodes: Sequence[Node] | None = None) -> None:
-        """Publish a sentinel to each of ``nodes`` (default: all), await them, then let
-        stragglers arrive: afterwards, what has not been delivered was not going to be."""
-        sent = []
-        for node in self.nodes if nodes is None else nodes:
-            self._sentinels += 1
-            payload = b"sentinel %d" % self._sentinels
-            await publisher.publish([node.sentinel_key], payload)
-            sent.append((node, payload))
-        for node, payload in sent:
-            await node.wait_for(node.sentinel_key, payload)
-        await anyio.sleep(_SETTLE)
+        """Prove that what has not been delivered to ``nodes`` (default: all) was not going to
+        be: publish a sentinel to each and await it there, twice. The first round passes
+        everything published before it on the way; the second gives every reader of each
+        instance (a backend may read each shard on its own connection) its turn after that."""
+        for _round in range(2):
+            sent = []
+            for node in self.nodes if nodes is None else nodes:
+                self._sentinels += 1
+                payload = b"sentinel %d" % self._sentinels
+                await publisher.publish([node.sentinel_key], payload)
+                sent.append((node, payload))
+            for node, payload in sent:
+                await node.wait_for(node.sentinel_key, payload)

@@ -19,9 +19,11 @@ A :data:`PropagatorFactory` returns, on every call, an async context manager yie
 instances of one deployment are. The checks call ``start``, ``aclose`` (then leave the context)
 themselves. Keys are unique per check run, so one backend can serve every check.
 
-Absence is proved with a sentinel, never with a sleep alone: after publishing what must not
-arrive, a check publishes to a key every instance is still subscribed to, waits until that
-arrives everywhere (the pipe is flowing), allows stragglers a further 0.1 s, then looks.
+Absence is proved with sentinels, never with a sleep: after publishing what must not arrive, a
+check publishes to a key every instance is still subscribed to and waits until that arrives
+everywhere (the pipe is flowing); then once more, so that every reader of every instance has had
+its turn (a backend that reads each shard on its own connection delivers in publish order per
+key only); then it looks.
 """
 
 from __future__ import annotations
