@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from servers import RedisServer
+from servers import RedisServer, eventually
 from servers_e2e import (
     API_KEY,
     FRAME_TIMEOUT,
@@ -328,6 +328,7 @@ def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
     assert_one_line_error(result.stderr, "not both")
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_password(
     request: pytest.FixtureRequest,
@@ -337,7 +338,8 @@ async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_passwo
     try:
         with log_on_failure(request, srv):
             assert (await health(srv))["status"] == "degraded"
-            await anyio.sleep(0.2)  # let the first reconnection warnings reach the log
+            # The first reconnection warning, which names the Redis address, is in the log:
+            await eventually(lambda: "cannot connect to Redis at" in srv.stderr(), FRAME_TIMEOUT)
             stderr = srv.stderr()
             match = re.search(r"instance (\S+): Redis at (\S+) ", stderr)
             assert match is not None, stderr
@@ -350,6 +352,7 @@ async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_passwo
 
 @pytest.mark.anyio
 @pytest.mark.redis
+@pytest.mark.e2e
 async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -426,6 +429,7 @@ async def publish_cli(server: Server, *args: str) -> subprocess.CompletedProcess
         )
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_publish_prints_the_id_of_the_notification_the_user_receives(
     request: pytest.FixtureRequest, server: Server
@@ -443,6 +447,7 @@ async def test_publish_prints_the_id_of_the_notification_the_user_receives(
             assert (frame["event"], frame["data"]) == ("order.shipped", {"id": 7})
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_publish_reaches_each_kind_of_target(
     server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -483,6 +488,7 @@ async def test_publish_reaches_each_kind_of_target(
             assert got == received[id(ws)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -549,6 +555,7 @@ def env_server() -> Iterator[Server]:
     srv.stop()
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_serve_reads_every_setting_from_the_environment(
     request: pytest.FixtureRequest, env_server: Server
@@ -578,6 +585,7 @@ async def test_serve_reads_every_setting_from_the_environment(
             assert (await recv(ws))["code"] == "forbidden"
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_a_flag_overrides_its_environment_variable(env_server: Server) -> None:
     async with client(env_server, token("o"), origin="https://flag.example") as ws:
@@ -589,6 +597,7 @@ async def test_a_flag_overrides_its_environment_variable(env_server: Server) -> 
 # --- dev mode -------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_dev_mode_prints_a_working_token_websocket_url_and_publish_command(
     request: pytest.FixtureRequest,

@@ -85,14 +85,17 @@ async def test_next_returns_notifications_one_at_a_time_in_order(hub: Hub) -> No
 
 async def test_next_waits_for_a_notification_published_later(hub: Hub) -> None:
     async with inbox(hub, "1") as box:
+        received: list[str] = []
 
-        async def publish_soon() -> None:
-            await anyio.sleep(0.05)
-            await hub.notify_user("1", "later")
+        async def read() -> None:
+            received.append((await box.next()).event)
 
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(publish_soon)
-            assert (await box.next()).event == "later"
+            tasks.start_soon(read)
+            await anyio.wait_all_tasks_blocked()  # the reader is waiting inside next()
+            assert received == []
+            await hub.notify_user("1", "later")
+        assert received == ["later"]
 
 
 async def test_next_raises_timeout_error_when_nothing_arrives(hub: Hub) -> None:
