@@ -1,4 +1,9 @@
-"""Shared fixtures and the rules that keep the test lanes honest.
+"""Shared fixtures, the anyio backends, and the rules that keep the test lanes honest.
+
+Every async test runs on each backend named in ``NOTIFYKIT_TEST_BACKENDS`` (comma-separated;
+default ``asyncio,trio``), except tests marked ``redis`` or ``e2e``, which run on asyncio alone
+(their trio variants are deselected): notifykit's Redis parts are asyncio-only, and the e2e
+tests drive servers in other processes through the ``websockets`` asyncio client.
 
 The suite runs in three lanes (``scripts/test``): unit (``-m "not redis and not e2e"``, in
 seconds), redis (``-m "redis and not e2e"``) and e2e (``-m e2e``). A test that starts a
@@ -13,6 +18,7 @@ redis-server must be marked ``redis``; one that starts a server process must be 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -27,18 +33,68 @@ R = TypeVar("R")
 REDIS_FIXTURES = frozenset({"redis_server", "redis_cluster", "fresh_redis_cluster"})
 """Fixtures that start redis-server processes: a test using one must be marked ``redis``."""
 
+ASYNCIO_ONLY = ("redis", "e2e")
+"""Tests with one of these marks run on asyncio alone."""
+
+# --- the backends -----------------------------------------------------------------------------
+
+BACKENDS = ("asyncio", "trio")
+
+
+def _backends() -> list[str]:
+    """The backends ``NOTIFYKIT_TEST_BACKENDS`` names (default: both), in a stable order."""
+    setting = os.environ.get("NOTIFYKIT_TEST_BACKENDS", ",".join(BACKENDS))
+    chosen = {name.strip() for name in setting.split(",") if name.strip()}
+    if not chosen or not chosen <= set(BACKENDS):
+        raise pytest.UsageError(
+            f"NOTIFYKIT_TEST_BACKENDS must name one or more of {', '.join(BACKENDS)}, "
+            f"comma-separated; got {setting!r}"
+        )
+    return [name for name in BACKENDS if name in chosen]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _backends()  # a bad NOTIFYKIT_TEST_BACKENDS stops the run at once
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every async test (every test using ``anyio_backend``) once per backend, unless it
+    chooses its own with ``@pytest.mark.parametrize("anyio_backend", ["asyncio"])``."""
+    chosen = any(
+        "anyio_backend" in str(marker.args[0]).replace(" ", "").split(",")
+        for marker in metafunc.definition.iter_markers("parametrize")
+    )
+    if "anyio_backend" in metafunc.fixturenames and not chosen:
+        metafunc.parametrize("anyio_backend", _backends(), indirect=True)
+
 
 @pytest.fixture
-def anyio_backend() -> str:
-    """notifykit's Redis parts are asyncio-only, so the whole suite runs on asyncio."""
-    return "asyncio"
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backend this run of the test is on (see ``pytest_generate_tests``)."""
+    backend: str = request.param
+    return backend
 
 
-# --- the lanes ----------------------------------------------------------------------------------
+# --- the lanes --------------------------------------------------------------------------------
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop the run on a Redis fixture used without the mark; keep asyncio-only tests there."""
+    _stop_unmarked_redis_tests(items)
+    elsewhere = {
+        id(item)
+        for item in items
+        if any(item.get_closest_marker(mark) is not None for mark in ASYNCIO_ONLY)
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("anyio_backend", "asyncio") != "asyncio"
+    }
+    if elsewhere:
+        config.hook.pytest_deselected(items=[item for item in items if id(item) in elsewhere])
+        items[:] = [item for item in items if id(item) not in elsewhere]
+
+
+def _stop_unmarked_redis_tests(items: list[pytest.Item]) -> None:
     """Stop the run if a test requests a Redis fixture without the ``redis`` mark (checked on
     every collected test, before ``-m`` deselects any)."""
     unmarked = [

@@ -284,6 +284,7 @@ def serve_backends(argv: list[str], env: dict[str, str]) -> Backends:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the Redis parts are asyncio-only
 @pytest.mark.parametrize(
     ("variable", "propagator_class"),
     [
