@@ -13,8 +13,9 @@ CONFTEST = Path(__file__).with_name("conftest.py")
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester) -> pytest.Pytester:
-    """An empty test suite with notifykit's conftest."""
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """An empty test suite with notifykit's conftest, on the default backends."""
+    monkeypatch.delenv("NOTIFYKIT_TEST_BACKENDS", raising=False)
     pytester.makeconftest(CONFTEST.read_text(encoding="utf-8"))
     pytester.makeini("[pytest]\nmarkers =\n    redis: starts Redis\n    e2e: starts servers\n")
     return pytester
