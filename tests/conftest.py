@@ -8,7 +8,8 @@ tests drive servers in other processes through the ``websockets`` asyncio client
 The suite runs in three lanes (``scripts/test``): unit (``-m "not redis and not e2e"``, in
 seconds), redis (``-m "redis and not e2e"``) and e2e (``-m e2e``). A test that starts a
 redis-server must be marked ``redis``; one that starts a server process must be marked ``e2e``
-(a module marks all its tests with ``pytestmark``). Both rules are enforced, not trusted:
+(a module marks all its tests with ``pytestmark``), and so is one that runs the command line in
+a subprocess. The first two rules are enforced, not trusted:
 
 * at collection, a test that requests a Redis fixture without the ``redis`` mark stops the run;
 * when a server starts — from a fixture, directly (``RedisServer(...).start()``) or through

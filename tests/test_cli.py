@@ -90,6 +90,7 @@ def verify(tok: str, **options: str) -> dict[str, object]:
 # --- token --------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_token_prints_only_a_token_that_verifies() -> None:
     result = run_cli("token", "--user", "42", "--ttl", "60", "--jwt-secret", SECRET)
     assert result.returncode == 0, result.stderr
@@ -132,6 +133,7 @@ def test_token_reads_the_secret_from_the_environment_and_a_flag_overrides_it(
     anyio.run(JWTAuthenticator(secret=other).authenticate, tok)
 
 
+@pytest.mark.e2e
 def test_token_without_a_secret_exits_2_with_one_line_and_no_traceback() -> None:
     result = run_cli("token", "--user", "42")
     assert result.returncode == 2
@@ -321,6 +323,7 @@ def test_serve_without_redis_propagates_in_memory_under_a_generated_instance_id(
     assert serve_backends(["--instance-id", "pod-7"], {}).instance_id == "pod-7"
 
 
+@pytest.mark.e2e
 def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
     result = run_cli(
         "serve", *KEYS, "--redis-url", "redis://a", env={"NOTIFYKIT_REDIS_CLUSTER_URL": "redis://b"}
@@ -376,12 +379,14 @@ async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
         redis.stop()
 
 
+@pytest.mark.e2e
 def test_serve_without_a_key_exits_2_in_a_real_process() -> None:
     result = run_cli("serve")
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "no JWT key")
 
 
+@pytest.mark.e2e
 def test_serve_on_a_port_in_use_exits_3_without_a_traceback() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -393,6 +398,7 @@ def test_serve_on_a_port_in_use_exits_3_without_a_traceback() -> None:
     assert "address already in use" in result.stderr.lower()
 
 
+@pytest.mark.e2e
 def test_bad_flags_exit_2_without_a_traceback() -> None:
     for argv in (["serve", "--no-such-flag"], ["publish", "--event", "e"], []):
         result = run_cli(*argv)
@@ -401,6 +407,7 @@ def test_bad_flags_exit_2_without_a_traceback() -> None:
         assert "error:" in result.stderr
 
 
+@pytest.mark.e2e
 def test_every_setting_is_documented_with_its_environment_variable() -> None:
     docs = DOCS.read_text()
     help_text = run_cli("serve", "--help").stdout
@@ -509,6 +516,7 @@ def test_publish_refused_by_the_server_exits_1_with_its_message(
     assert_one_line_error(err, says)
 
 
+@pytest.mark.e2e
 def test_publish_to_nothing_listening_exits_1_with_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = run_cli("publish", "--url", url, "--api-key", "k", "--broadcast", "--event", "e")
