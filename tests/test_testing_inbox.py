@@ -62,6 +62,13 @@ async def test_the_several_instances_example_in_docs_testing_md_passes() -> None
     await namespace["example"]()
 
 
+async def test_the_injected_clock_example_in_docs_testing_md_passes() -> None:
+    namespace: dict[str, Any] = {}
+    (block,) = [block for block in doc_blocks() if "clock=lambda" in block]
+    exec(compile(block, str(DOC), "exec"), namespace)
+    await namespace["test_a_token_is_refused_once_its_exp_has_passed"]()
+
+
 def test_every_notifykit_name_the_docs_import_exists() -> None:
     for block in doc_blocks():
         for node in ast.walk(ast.parse(block)):
