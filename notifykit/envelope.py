@@ -11,19 +11,15 @@ so a receiving instance finds whom to skip with one ``bytes.index`` and never pa
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidNotification
-from .model import Target, ToTopic, routing_keys
+from .model import Target, ToTopic, routing_keys, validate_connection_id, validate_event
 from .wire import encode_notification
 
 __all__ = ["Envelope", "IdGenerator", "pack", "unpack"]
-
-_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 
 _BASE32HEX = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
 _PAIRS = tuple(a + b for a in _BASE32HEX for b in _BASE32HEX)
@@ -70,12 +66,9 @@ class Envelope:
     created_at: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.event, str) or not self.event or len(self.event) > 256:
-            raise InvalidNotification("event must be a non-empty string of at most 256 characters")
-        if self.exclude is not None and (
-            not isinstance(self.exclude, str) or _CONNECTION_ID.fullmatch(self.exclude) is None
-        ):
-            raise InvalidNotification("exclude must be a connection id (from the welcome frame)")
+        validate_event(self.event)
+        if self.exclude is not None:
+            validate_connection_id(self.exclude)
 
     def frame(self) -> str:
         """The ``notification`` frame clients receive, as JSON text."""

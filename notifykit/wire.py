@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, TypeAlias
 
 from .errors import ProtocolError
 
 __all__ = [
+    "BEARER_PREFIX",
+    "MAX_DATA_DEPTH",
+    "MAX_TOKEN_LENGTH",
     "SUBPROTOCOL",
     "ClientFrame",
     "CloseCode",
@@ -72,7 +75,7 @@ class CloseCode(IntEnum):
     """The client kept sending invalid frames."""
 
 
-class ErrorCode:
+class ErrorCode(StrEnum):
     """The ``code`` values of ``error`` frames (short snake_case strings)."""
 
     BAD_FRAME = "bad_frame"
@@ -190,6 +193,9 @@ ServerFrame: TypeAlias = (
 # --- parsing ------------------------------------------------------------------------------
 
 MAX_TOKEN_LENGTH = 8192
+"""The longest token accepted, in characters (longer ones are refused unread)."""
+MAX_DATA_DEPTH = 64
+"""How deeply a notification's ``data`` may nest arrays and objects (``[[1]]`` is 2 deep)."""
 _REF_RE = re.compile(r"[\x20-\x7e]{1,64}")
 _TYPE_NAMES: dict[type, str] = {
     Ping: "ping",
@@ -234,11 +240,11 @@ def _ref(obj: dict[str, Any]) -> str | None:
     return ref
 
 
-def _str_field(obj: dict[str, Any], name: str, max_length: int) -> str:
+def _str_field(obj: dict[str, Any], name: str, max_length: int | None = None) -> str:
     value = obj.get(name)
     if not isinstance(value, str) or not value:
         raise ProtocolError(f'"{obj["type"]}" needs a non-empty string "{name}"')
-    if len(value) > max_length:
+    if max_length is not None and len(value) > max_length:
         raise ProtocolError(f'"{name}" is longer than {max_length} characters')
     if not value.isascii():
         try:
@@ -263,10 +269,12 @@ def parse_client(text: str | bytes) -> ClientFrame:
     try:
         if kind == "ping":
             return Ping(ref)
+        # Topic names are only required to be strings here: the gateway checks them with
+        # model.validate_topic, the one rule for topic names, and answers invalid_topic.
         if kind == "subscribe":
-            return Subscribe(_str_field(obj, "topic", 256), ref)
+            return Subscribe(_str_field(obj, "topic"), ref)
         if kind == "unsubscribe":
-            return Unsubscribe(_str_field(obj, "topic", 256), ref)
+            return Unsubscribe(_str_field(obj, "topic"), ref)
         if kind == "refresh":
             return Refresh(_str_field(obj, "token", MAX_TOKEN_LENGTH), ref)
         raise ProtocolError(f"unknown frame type {kind[:32]!r}", code=ErrorCode.UNKNOWN_TYPE)
@@ -357,13 +365,43 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
 def encode_notification(id: str, event: str, data: Any, ts: int, topic: str | None = None) -> str:
     """Encode a notification frame; the hot path calls this once per notification.
 
-    Raises ``ValueError`` (``TypeError`` for unserializable objects is turned into it) if
-    ``data`` is not JSON-serializable.
+    Raises ``ValueError`` if ``data`` is not JSON-serializable (``TypeError`` for
+    unserializable objects is turned into it) or nests deeper than :data:`MAX_DATA_DEPTH`.
     """
     obj: dict[str, Any] = {"type": "notification", "id": id, "event": event, "data": data, "ts": ts}
     if topic is not None:
         obj["topic"] = topic
     try:
-        return _dumps(obj)
+        text = _dumps(obj)
     except TypeError as exc:
         raise ValueError(f"notification data is not JSON-serializable: {exc}") from None
+    except RecursionError:  # deeper than the interpreter's stack: far beyond the limit
+        raise ValueError(_TOO_DEEP) from None
+    # The frame holds no more nesting than it has brackets: only a frame with many of them
+    # (in data or in its strings) pays for the exact walk.
+    if text.count("[") + text.count("{") > MAX_DATA_DEPTH and _depth(data) > MAX_DATA_DEPTH:
+        raise ValueError(_TOO_DEEP)
+    return text
+
+
+_TOO_DEEP = f"notification data nests arrays and objects deeper than {MAX_DATA_DEPTH} levels"
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data`` nests lists and dicts, without recursion (stops past the limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DATA_DEPTH:
+                break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

@@ -9,6 +9,7 @@ Every wait is bounded.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -267,6 +268,22 @@ async def client(
         close_timeout=2,
     ) as ws:
         yield ws
+
+
+def upgrade_request(port: int, *headers: str, target: str = "/ws") -> bytes:
+    """The bytes of a websocket upgrade request, for raw-socket tests, with extra
+    ``headers`` (``"Name: value"``)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 async def recv(ws: ClientConnection, within: float = FRAME_TIMEOUT) -> dict[str, Any]:

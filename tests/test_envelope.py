@@ -245,8 +245,9 @@ async def test_connections_under_one_key_are_handed_the_same_frame_object() -> N
     class Recorder:
         """A transport that keeps the very objects it is handed."""
 
-        async def send(self, text: str) -> None:
+        def send_now(self, text: str) -> bool:
             frames.append(text)
+            return True
 
     async with Hub() as hub:
         first, second, other = (Connection(Principal(u)) for u in ("1", "1", "2"))

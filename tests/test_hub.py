@@ -13,15 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from notifykit import (
-    Connection,
-    Hub,
-    InvalidNotification,
-    MemoryBus,
-    MemoryPropagator,
-    Principal,
-    PropagationError,
-)
+from notifykit import Hub, InvalidNotification, Principal, PropagationError
+from notifykit.connection import Connection
+from notifykit.memory import MemoryBus, MemoryPropagator
 from notifykit.protocols import Deliver, Propagator
 from notifykit.testing import inbox
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from notifykit.connection import Connection
-from notifykit.errors import PropagationError
+from notifykit.errors import NotRunning
 from notifykit.memory import MemoryBus, MemoryPropagator, MemorySocketState
 from notifykit.model import Principal
 from notifykit.protocols import Propagator, SocketState
@@ -48,14 +48,14 @@ def test_memory_implementations_satisfy_the_runtime_protocols() -> None:
 
 
 @pytest.mark.anyio
-async def test_publishing_before_start_raises_propagation_error() -> None:
-    with pytest.raises(PropagationError, match="not started"):
+async def test_publishing_before_start_raises_not_running() -> None:
+    with pytest.raises(NotRunning, match="not started"):
         await MemoryPropagator().publish(["u:1"], b"x")
 
 
 @pytest.mark.anyio
-async def test_subscribing_before_start_raises_propagation_error() -> None:
-    with pytest.raises(PropagationError, match="not started"):
+async def test_subscribing_before_start_raises_not_running() -> None:
+    with pytest.raises(NotRunning, match="not started"):
         await MemoryPropagator().subscribe(["u:1"])
 
 
@@ -69,11 +69,11 @@ async def test_starting_twice_raises_runtime_error() -> None:
 
 
 @pytest.mark.anyio
-async def test_publishing_after_aclose_raises_propagation_error() -> None:
+async def test_publishing_after_aclose_raises_not_running() -> None:
     propagator = MemoryPropagator()
     await propagator.start(Recorder())
     await propagator.aclose()
-    with pytest.raises(PropagationError):
+    with pytest.raises(NotRunning):
         await propagator.publish(["u:1"], b"x")
 
 

@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from servers import RedisClusterServers, RedisServer
 
 from notifykit.errors import ConfigurationError, PropagationError
-from notifykit.presence import MemoryPresence
+from notifykit.memory import MemoryPresence
 from notifykit.protocols import Presence
 from notifykit.redis.presence import BUCKETS, RedisPresence
 from notifykit.testing.presence_checks import (

@@ -243,7 +243,7 @@ BAD_CLIENT_FRAMES = [
     pytest.param('{"type":"subscribe","topic":7}', ErrorCode.BAD_FRAME, id="number-topic"),
     pytest.param('{"type":"subscribe","topic":null}', ErrorCode.BAD_FRAME, id="null-topic"),
     pytest.param(
-        json.dumps({"type": "subscribe", "topic": "t" * 257}), ErrorCode.BAD_FRAME, id="long-topic"
+        json.dumps({"type": "subscribe", "topic": ""}), ErrorCode.BAD_FRAME, id="empty-topic"
     ),
     pytest.param('{"type":"unsubscribe"}', ErrorCode.BAD_FRAME, id="unsubscribe-no-topic"),
     pytest.param('{"type":"refresh"}', ErrorCode.BAD_FRAME, id="refresh-no-token"),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from notifykit import Hub, JWTAuthenticator, Propagator
+from notifykit import Hub, JWTAuthenticator
+from notifykit.adapters.asgi import NotifyApp
+from notifykit.protocols import Propagator
 
 from ..common import API_KEY, PREFIX, SECRET
 from .uvicorn_runner import run
@@ -33,7 +35,7 @@ def cli() -> None:
 
         propagator = SingleChannelPropagator(propagator)
     hub = Hub(propagator)
-    run(hub.asgi_app(JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
+    run(NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
 
 
 if __name__ == "__main__":

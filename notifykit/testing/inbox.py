@@ -82,22 +82,32 @@ class Inbox:
         """An inbox never sends frames to the server."""
         return None
 
-    async def send(self, text: str) -> None:
-        """Keep a notification frame (sentinels and other frames are dropped); never waits."""
+    def send_now(self, frame: str) -> bool:
+        """Keep a notification frame (sentinels and other frames are dropped); always takes it
+        at once."""
         if self._closed:
-            return
-        parsed = parse_server(text)
+            return True
+        parsed = parse_server(frame)
         if isinstance(parsed, Notification):
             if parsed.event == SENTINEL_EVENT:
                 self._returned(parsed.data)
-                return
+                return True
             if len(self.received) - self._taken >= self._capacity:
                 self.connection.close(CloseCode.SLOW_CONSUMER, "inbox full")
-                return
+                return True
             self.received.append(parsed)
             self._arrived.set()
+        return True
+
+    async def send(self, frame: str) -> None:
+        """As :meth:`send_now` (an inbox never makes a sender wait)."""
+        self.send_now(frame)
 
     async def close(self, code: int, reason: str) -> None:
+        """Stop receiving."""
+        self._closed = True
+
+    def abort(self) -> None:
         """Stop receiving."""
         self._closed = True
 

@@ -2,7 +2,7 @@
 
 ::
 
-    app.mount("/notify", hub.asgi_app(JWTAuthenticator(secret=...), api_key="..."))
+    app.mount("/notify", NotifyApp(hub, JWTAuthenticator(secret=...), api_key="..."))
 
 Routes (relative to where it is mounted):
 
@@ -28,44 +28,65 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .adapters.asgi import WebSocketEndpoint
-from .errors import InvalidNotification, PropagationError
+from ...errors import ConfigurationError, InvalidNotification, NotRunning, PropagationError
+from ...gateway import Gateway
 from .publish import parse_publish
+from .transport import WebSocketEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from starlette.requests import Request
 
-    from .adapters.asgi import Receive, Scope, Send
-    from .gateway import Gateway
-    from .hub import Hub
+    from ...hub import Hub
+    from ...protocols import Authenticator, TopicPolicy
+    from .transport import Receive, Scope, Send
 
 __all__ = ["NotifyApp", "render_metrics"]
 
-logger = logging.getLogger("notifykit.service")
+logger = logging.getLogger("notifykit.asgi")
 
 
 class NotifyApp:
-    """The ASGI app serving one gateway and its hub; see the module docstring for routes.
+    """The ASGI app serving ``hub``; see the module docstring for routes.
 
-    ``api_keys`` are the keys accepted by ``POST /publish`` (several, to rotate keys without
-    downtime); with none, the HTTP publish API answers 403. ``max_publish_bytes`` bounds a
-    publish body (413 beyond).
+    ``authenticator`` verifies websocket clients' tokens. ``api_key`` is the key (or keys, to
+    rotate them without downtime) accepted by ``POST /publish`` and ``/presence``; with none,
+    those answer 403. ``max_publish_bytes`` bounds a publish body (413 beyond). The other
+    keyword arguments configure the :class:`~notifykit.gateway.Gateway` (``allowed_origins``,
+    ``allow_anonymous``, ``topic_policy``, ``queue_size``, ``max_frame_bytes``...); ``gateway``
+    is that gateway.
     """
 
     def __init__(
         self,
-        gateway: Gateway,
+        hub: Hub,
+        authenticator: Authenticator,
         *,
-        api_keys: Iterable[str] = (),
+        api_key: str | Iterable[str] | None = None,
+        allowed_origins: Iterable[str] = (),
+        allow_anonymous: bool = False,
+        topic_policy: TopicPolicy | None = None,
         max_publish_bytes: int = 1024 * 1024,
+        **gateway_options: Any,
     ) -> None:
-        self.gateway = gateway
-        self.hub: Hub = gateway.hub
-        self.api_keys = tuple(key.encode() for key in api_keys if key)
+        self.gateway = Gateway(
+            hub,
+            authenticator,
+            topic_policy=topic_policy,
+            allow_anonymous=allow_anonymous,
+            allowed_origins=allowed_origins,
+            **gateway_options,
+        )
+        self.hub = hub
+        keys = [api_key] if isinstance(api_key, str) else list(api_key or ())
+        self.api_keys = tuple(key.encode() for key in keys if key)
+        if not isinstance(max_publish_bytes, int) or max_publish_bytes < 1:
+            raise ConfigurationError(
+                f"max_publish_bytes must be at least 1, not {max_publish_bytes!r}"
+            )
         self.max_publish_bytes = max_publish_bytes
-        self.websocket = WebSocketEndpoint(gateway)
+        self.websocket = WebSocketEndpoint(self.gateway)
         self.http = Starlette(
             routes=[
                 Route("/publish", self.publish, methods=["POST"]),
@@ -137,7 +158,7 @@ class NotifyApp:
             return _error(400, "bad_request", str(exc))
         except PropagationError as exc:
             return _error(503, "unavailable", f"could not propagate the notification: {exc}")
-        except RuntimeError as exc:  # the hub is not running
+        except NotRunning as exc:
             return _error(503, "unavailable", str(exc))
         return JSONResponse({"id": notification_id}, status_code=202)
 
@@ -149,7 +170,7 @@ class NotifyApp:
         user_id = request.path_params["user_id"]
         try:
             connections = await self.hub.connections_of(user_id)
-        except PropagationError as exc:
+        except (PropagationError, NotRunning) as exc:
             return _error(503, "unavailable", f"presence is unavailable: {exc}")
         return JSONResponse(
             {"user": user_id, "online": bool(connections), "connections": len(connections)}
@@ -162,7 +183,7 @@ class NotifyApp:
             return refusal
         try:
             count = await self.hub.online_count()
-        except PropagationError as exc:
+        except (PropagationError, NotRunning) as exc:
             return _error(503, "unavailable", f"presence is unavailable: {exc}")
         return JSONResponse({"online": count})
 
