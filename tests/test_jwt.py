@@ -423,6 +423,21 @@ INVALID_JWT = "token is not a valid JWT"
 NO_SUB = "token has no usable 'sub' claim"
 OUT_OF_RANGE = "token {!r} claim is not a time between 1970 and 9999"
 
+
+def not_a_number(claim: str, value: Any) -> Attack:
+    """A time claim that is no JSON number: a bad claim (never "token expired")."""
+    return Attack(
+        signed(claims(**{claim: value})),
+        AuthenticationError,
+        f"token {claim!r} claim is not a number",
+    )
+
+
+def out_of_range(claim: str, value: Any) -> Attack:
+    """A time claim that is a number, but not a time between 1970 and 9999."""
+    return Attack(signed(claims(**{claim: value})), AuthenticationError, OUT_OF_RANGE.format(claim))
+
+
 ATTACKS: dict[str, Attack] = {
     # time
     "expired": Attack(signed(claims(exp=NOW - 60)), TokenExpired, "token expired"),
@@ -437,60 +452,24 @@ ATTACKS: dict[str, Attack] = {
     ),
     "no exp": Attack(signed(claims(exp=_DROP)), AuthenticationError, "token has no 'exp' claim"),
     "null exp": Attack(signed(claims(exp=None)), AuthenticationError, "token has no 'exp' claim"),
-    "exp is a word": Attack(
-        signed(claims(exp="tomorrow")), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is a numeric string": Attack(
-        signed(claims(exp="99999999999")), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is infinite": Attack(
-        signed(claims(exp=float("inf"))), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp beyond a float": Attack(
-        signed(claims(exp=10**400)), AuthenticationError, OUT_OF_RANGE.format("exp")
-    ),
-    "exp is NaN": Attack(
-        signed(claims(exp=float("nan"))), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is true": Attack(
-        signed(claims(exp=True)), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is false": Attack(
-        signed(claims(exp=False)), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is 1e308": Attack(
-        signed(claims(exp=1e308)), AuthenticationError, OUT_OF_RANGE.format("exp")
-    ),
-    "exp after the year 9999": Attack(
-        signed(claims(exp=253402300800)), AuthenticationError, OUT_OF_RANGE.format("exp")
-    ),
-    "exp before 1970": Attack(
-        signed(claims(exp=-1)), AuthenticationError, OUT_OF_RANGE.format("exp")
-    ),
-    "nbf is true": Attack(
-        signed(claims(nbf=True)), AuthenticationError, "token 'nbf' claim is not a number"
-    ),
-    "nbf is 1e308": Attack(
-        signed(claims(nbf=1e308)), AuthenticationError, OUT_OF_RANGE.format("nbf")
-    ),
-    "nbf before 1970": Attack(
-        signed(claims(nbf=-1e9)), AuthenticationError, OUT_OF_RANGE.format("nbf")
-    ),
-    "iat is true": Attack(
-        signed(claims(iat=True)), AuthenticationError, "token 'iat' claim is not a number"
-    ),
-    "iat is 1e308": Attack(
-        signed(claims(iat=1e308)), AuthenticationError, OUT_OF_RANGE.format("iat")
-    ),
-    "iat is null": Attack(
-        signed(claims(iat=None)), AuthenticationError, "token 'iat' claim is not a number"
-    ),
-    "nbf is a word": Attack(
-        signed(claims(nbf="soon")), AuthenticationError, "token 'nbf' claim is not a number"
-    ),
-    "iat is a word": Attack(
-        signed(claims(iat="earlier")), AuthenticationError, "token 'iat' claim is not a number"
-    ),
+    "exp is a word": not_a_number("exp", "tomorrow"),
+    "exp is a numeric string": not_a_number("exp", "99999999999"),
+    "exp is infinite": not_a_number("exp", float("inf")),
+    "exp is NaN": not_a_number("exp", float("nan")),
+    "exp is true": not_a_number("exp", True),
+    "exp is false": not_a_number("exp", False),
+    "exp beyond a float": out_of_range("exp", 10**400),
+    "exp is 1e308": out_of_range("exp", 1e308),
+    "exp after the year 9999": out_of_range("exp", MAX_NUMERIC_DATE + 1),
+    "exp before 1970": out_of_range("exp", -1),
+    "nbf is a word": not_a_number("nbf", "soon"),
+    "nbf is true": not_a_number("nbf", True),
+    "nbf is 1e308": out_of_range("nbf", 1e308),
+    "nbf before 1970": out_of_range("nbf", -1e9),
+    "iat is a word": not_a_number("iat", "earlier"),
+    "iat is true": not_a_number("iat", True),
+    "iat is null": not_a_number("iat", None),
+    "iat is 1e308": out_of_range("iat", 1e308),
     # signature and key
     "wrong secret": Attack(
         lambda keys: hs256(claims(), OTHER_SECRET),
