@@ -75,6 +75,8 @@ async def test_a_stalled_client_cannot_hold_the_shutdown_and_the_others_get_1001
         API_KEY,
         "--queue-size",
         "1000",  # the stalled client is never closed as a slow consumer: its queue holds
+        "--queue-bytes",
+        "100000000",
         "--shutdown-timeout",
         str(SHUTDOWN_TIMEOUT),
         "--close-timeout",

@@ -54,7 +54,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     """``notifykit serve``: check every setting, then run the service until stopped."""
     if any(importlib.util.find_spec(name) is None for name in _NEEDED):
         raise UsageError("notifykit serve needs uvicorn: pip install 'notifykit[server]'")
-    if settings.dev:
+    if settings.dev or settings.demo:
         settings = dev_settings(settings)
     authenticator = build_authenticator(settings)
     if not settings.api_key:
@@ -73,6 +73,8 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     app = build_app(hub, authenticator, settings)
     if settings.dev:
         print_dev_info(settings, authenticator)
+    if settings.demo:
+        print(f"notifykit demo (development only): {_base_url(settings)}/demo", flush=True)
     from .server import run_server
 
     description = f"instance {backends.instance_id}: {backends.description}"
@@ -83,7 +85,7 @@ def build_app(hub: Hub, authenticator: JWTAuthenticator, settings: Settings) -> 
     """The ASGI app ``serve`` runs: the one place that builds it from the settings."""
     from ..adapters.asgi import NotifyApp
 
-    return NotifyApp(
+    app = NotifyApp(
         hub,
         authenticator,
         api_key=settings.api_key,
@@ -92,9 +94,16 @@ def build_app(hub: Hub, authenticator: JWTAuthenticator, settings: Settings) -> 
         topic_policy=claim_topics_policy(settings.topics_claim),
         max_publish_bytes=settings.max_publish_bytes,
         queue_size=settings.queue_size,
+        queue_bytes=settings.queue_bytes,
         max_frame_bytes=settings.max_frame_bytes,
         close_timeout=settings.close_timeout,
     )
+    if settings.demo:
+        from ..adapters.asgi.static import DemoTokens, demo_routes
+
+        tokens = DemoTokens.matching(authenticator, settings.jwt_secret, settings.topics_claim)
+        app.http.router.routes.extend(demo_routes(hub, tokens))
+    return app
 
 
 def dev_settings(settings: Settings) -> Settings:
@@ -159,10 +168,15 @@ def own_command() -> list[str]:
     return [sys.executable, "-m", "notifykit"]
 
 
+def _base_url(settings: Settings) -> str:
+    """``http://host:port`` a browser on this machine reaches the server at."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
+
+
 def print_dev_info(settings: Settings, authenticator: JWTAuthenticator) -> None:
     """Print, before the server starts, what a developer needs to try it at once."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"{'[' + host + ']' if ':' in host else host}:{settings.port}"
+    base = _base_url(settings).removeprefix("http://")
     lines = ["notifykit dev mode: generated settings below; never use --dev in production."]
     if settings.jwt_secret:
         lines.append(f"  JWT secret:    {settings.jwt_secret}")

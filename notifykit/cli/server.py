@@ -99,6 +99,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = 0  # None once the head is complete
+        self._tail = b""  # the last bytes of the head seen so far
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -111,15 +112,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None:
-            self._head_bytes += len(data)
+            # Count only the head: it ends at the first blank line, which may straddle two
+            # chunks (hence the 3 bytes kept from the last one); the body after it does not
+            # count.
+            window = self._tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = window[-3:]
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large")
                 return
         super().data_received(data)
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_bytes, self._tail = 0, b""  # what follows is the next request's head
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
         self._arm()
 
     def on_headers_complete(self) -> None:

@@ -97,13 +97,16 @@ SETTINGS: Mapping[str, Setting] = {
     "allow_origin": Setting("list", (), "browser Origin allowed to connect; repeat"),
     "allow_anonymous": Setting("bool", False, "accept clients without a token (broadcasts only)"),
     "queue_size": Setting("int", 256, "frames queued per connection before 4008", minimum=1),
+    "queue_bytes": Setting(
+        "int", 1024 * 1024, "bytes queued per connection before 4008", minimum=1
+    ),
     "max_frame_bytes": Setting("int", 64 * 1024, "largest client frame accepted", minimum=1),
     "max_publish_bytes": Setting(
         "int", 1024 * 1024, "largest POST /publish body (413 beyond)", minimum=1
     ),
     "close_timeout": Setting(
         "float",
-        2.0,
+        5.0,
         "seconds a connection's last frames and close frame may take before its socket is dropped",
         minimum=0,
         exclusive=True,
@@ -143,6 +146,9 @@ SETTINGS: Mapping[str, Setting] = {
         shown="generated: <hostname>-<pid>-<random>",
     ),
     "dev": Setting("bool", False, "development: generate a secret and an API key and print them"),
+    "demo": Setting(
+        "bool", False, "development: a demo page at /demo that mints tokens (implies --dev's keys)"
+    ),
     "url": Setting(
         "str", "http://127.0.0.1:8000", "base URL of the notifykit service", frozenset({"publish"})
     ),
@@ -169,9 +175,10 @@ class Settings:
     allow_origin: tuple[str, ...] = ()
     allow_anonymous: bool = False
     queue_size: int = 256
+    queue_bytes: int = 1024 * 1024
     max_frame_bytes: int = 64 * 1024
     max_publish_bytes: int = 1024 * 1024
-    close_timeout: float = 2.0
+    close_timeout: float = 5.0
     shutdown_timeout: float = 5.0
     header_timeout: float = 10.0
     log_level: str = "info"
@@ -181,6 +188,7 @@ class Settings:
     presence_ttl: float | None = None
     instance_id: str | None = None
     dev: bool = False
+    demo: bool = False
     url: str = "http://127.0.0.1:8000"
 
 
