@@ -78,7 +78,7 @@ def test_memory_socket_state_passes_the_whole_suite() -> None:
 
 # -- the checks catch broken implementations -------------------------------------------------
 
-SHORT = 0.25  # seconds: the memory propagator delivers before publish returns; a broken one
+SHORT = 0.1  # seconds: the memory propagator delivers before publish returns; a broken one
 # that never delivers fails a check after this long instead of the default 5 s
 
 
