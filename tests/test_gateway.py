@@ -554,25 +554,55 @@ async def test_a_frame_over_max_frame_bytes_gets_frame_too_large(hub: Hub, paddi
 # --- token expiry and refresh -----------------------------------------------------------------
 
 
-async def test_an_expired_token_closes_the_connection_with_4001(hub: Hub, gateway: Gateway) -> None:
-    async with connect(gateway, handshake(token("42", ttl=1))) as client:
+class WallClock:
+    """The wall clock the authenticator and the gateway read, set by the test: a token's
+    expiry comes within milliseconds instead of seconds."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EXPIRES_IN = 0.05  # seconds of (real) time left once the clock is set just before an expiry
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def timed_gateway(hub: Hub, clock: WallClock) -> Gateway:
+    """A gateway whose authenticator and expiry deadlines read ``clock``."""
+    return Gateway(hub, JWTAuthenticator(secret=SECRET, clock=clock), clock=clock)
+
+
+async def test_an_expired_token_closes_the_connection_with_4001(
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
+) -> None:
+    signed = token("42", ttl=60)
+    clock.now = await expiry_of(signed) - EXPIRES_IN
+    async with connect(timed_gateway, handshake(signed)) as client:
         await welcome(client)
-        assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
+        assert (await client.closed()) == (CloseCode.UNAUTHORIZED, "token expired")
     assert_no_state(hub)
 
 
 async def test_a_refresh_for_the_same_user_extends_the_connection(
-    hub: Hub, gateway: Gateway
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
 ) -> None:
-    first = token("42", ttl=1)
+    first = token("42", ttl=60)
     first_expiry = await expiry_of(first)
-    async with connect(gateway, handshake(first)) as client:
+    clock.now = first_expiry - EXPIRES_IN
+    async with connect(timed_gateway, handshake(first)) as client:
         assert (await welcome(client)).expires_at == int(first_expiry)
-        fresh = token("42", ttl=60, topics=["news"])
+        fresh = token("42", ttl=600, topics=["news"])
         reply = await request(client, type="refresh", token=fresh, ref="r1")
         assert reply == Refreshed(int(await expiry_of(fresh)), "r1")
 
-        await anyio.sleep(max(0.0, first_expiry - time.time()) + 0.5)
+        await anyio.sleep(2 * EXPIRES_IN)  # past the first token's expiry
         assert await request(client, type="ping", ref="alive") == Pong("alive")
         # The refreshed claims are the ones the topic policy now sees.
         assert await request(client, type="subscribe", topic="news") == subscribed("news")
@@ -601,17 +631,19 @@ async def test_a_refresh_leaves_the_topics_the_new_token_no_longer_allows(
 
 
 async def test_a_refresh_with_another_users_token_is_forbidden_and_changes_nothing(
-    hub: Hub, gateway: Gateway
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
 ) -> None:
-    async with connect(gateway, handshake(token("42", ttl=1))) as client:
+    signed = token("42", ttl=60)
+    clock.now = await expiry_of(signed) - 10 * EXPIRES_IN
+    async with connect(timed_gateway, handshake(signed)) as client:
         await welcome(client)
-        reply = await request(client, type="refresh", token=token("43", ttl=60), ref="r1")
+        reply = await request(client, type="refresh", token=token("43", ttl=600), ref="r1")
         assert isinstance(reply, Error)
         assert (reply.code, reply.ref) == ("forbidden", "r1")
         assert len(hub.local_connections("42")) == 1
         assert len(hub.local_connections("43")) == 0
-        # Still bound to the first token: it expires at that token's exp, not 60 s later.
-        assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
+        # Still bound to the first token: it expires at that token's exp, not 600 s later.
+        assert (await client.closed()) == (CloseCode.UNAUTHORIZED, "token expired")
 
 
 @pytest.mark.parametrize(
