@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 
 from .envelope import Envelope, IdGenerator, pack, unpack
-from .errors import ConfigurationError, InvalidNotification, NotRunning, PropagationError
+from .errors import (
+    ConfigurationError,
+    HistoryOff,
+    InvalidNotification,
+    NotRunning,
+    PropagationError,
+)
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
 from .model import (
     Target,
@@ -527,16 +533,16 @@ class Hub:
         """Up to ``limit`` notifications of ``stream`` (a routing key: ``user_key(...)``,
         ``topic_key(...)``, ``"auth"``, ``"all"``) after offset ``after``, as frames.
 
-        Raises :class:`~notifykit.errors.InvalidNotification` when history is off (or for a
-        negative ``after`` or ``limit``), :class:`~notifykit.errors.PropagationError` if the
-        backend cannot answer.
+        Raises :class:`~notifykit.errors.HistoryOff` when no history is kept,
+        :class:`~notifykit.errors.InvalidNotification` for a negative ``after`` or ``limit``,
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer.
         """
         self._check_running()
         if after < 0 or limit < 0:
             raise InvalidNotification("after and limit must be 0 or more")
         found = (await self.propagator.read({stream: after}, limit)).get(stream)
         if found is None:
-            raise InvalidNotification("history is off: no notification is kept")
+            raise HistoryOff("history is off: no notification is kept")
         frames = [self._frame(stream, payload) for _, payload in found.entries]
         return HistoryPage(
             stream, found.epoch, found.last, found.first, [f for f in frames if f is not None]
