@@ -21,7 +21,6 @@ server's lifespan; when mounted, the host app enters the hub in its own lifespan
 from __future__ import annotations
 
 import hmac
-import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -30,6 +29,7 @@ from starlette.routing import Route
 
 from ...errors import ConfigurationError, InvalidNotification, NotRunning, PropagationError
 from ...gateway import Gateway
+from .lifespan import run_lifespan
 from .publish import parse_publish
 from .transport import WebSocketEndpoint
 
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from .transport import Receive, Scope, Send
 
 __all__ = ["NotifyApp", "render_metrics"]
-
-logger = logging.getLogger("notifykit.service")
 
 
 class NotifyApp:
@@ -107,29 +105,9 @@ class NotifyApp:
             else:
                 await send({"type": "websocket.close", "code": 1000})  # a 403 handshake reply
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(self.hub, receive, send)
         else:
             await self.http(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        if self.hub.running:  # the host app runs the hub itself
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        try:
-            await self.hub.__aenter__()
-        except Exception as exc:
-            logger.exception("hub failed to start")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        try:
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-        finally:
-            await self.hub.aclose()
-        await send({"type": "lifespan.shutdown.complete"})
 
     # --- HTTP -----------------------------------------------------------------------------
 
