@@ -17,10 +17,14 @@ Or mount the handler on a ``websockets`` server of your own::
         ...
 
 The transport is the sans-I/O split ``websockets`` itself uses for
-:func:`websockets.asyncio.server.broadcast`: :meth:`WebsocketsTransport.send_now` feeds the frame
-to the connection's protocol and writes the bytes it produces to the socket at once, unless the
-socket's write buffer is above its high-water mark (``write_limit``) — then it says False and the
-connection's writer task awaits ``websockets``' own ``send``, which waits for the buffer to drain.
+:func:`websockets.asyncio.server.broadcast`: :meth:`WebsocketsTransport.send_now` writes the
+frame to the socket at once, unless the socket's write buffer is above its high-water mark
+(``write_limit``) — then it says False and the connection's writer task awaits ``websockets``'
+own ``send``, which waits for the buffer to drain. A server's text frame is the same bytes for
+every client when no extension (compression) was negotiated, so the handler encodes each
+notification to its websocket frame once (:class:`FrameEncoder`) and every connection it is
+delivered to writes those bytes; a connection with an extension goes through its protocol's
+``send_text`` instead.
 Needs the ``websockets`` extra (``pip install 'notifykit[websockets]'``); asyncio only, like
 ``websockets``' asyncio server.
 """
@@ -38,6 +42,7 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed, InvalidHeader
+from websockets.frames import Frame, Opcode
 from websockets.headers import parse_subprotocol
 from websockets.protocol import State
 
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
     from ..protocols import Authenticator, HandshakeAuthenticator, TopicPolicy
 
 __all__ = [
+    "FrameEncoder",
     "NotifyHandler",
     "NotifyServer",
     "WebsocketsTransport",
@@ -105,14 +111,35 @@ def handshake_from_connection(connection: ServerConnection) -> Handshake:
     )
 
 
+class FrameEncoder:
+    """Encodes a text message to a server's websocket frame (no mask, no extension), and
+    remembers the last one: the hub offers the same string to every connection a notification
+    is delivered to, so a fan-out encodes it once."""
+
+    __slots__ = ("_frame", "_text")
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._frame = Frame(Opcode.TEXT, b"").serialize(mask=False)
+
+    def encode(self, text: str) -> bytes:
+        """The frame carrying ``text``."""
+        if text is not self._text:
+            self._frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+            self._text = text
+        return self._frame
+
+
 class WebsocketsTransport:
     """:class:`~notifykit.protocols.Transport` over a ``websockets`` asyncio
-    ``ServerConnection`` (see the module docstring for how sending works)."""
+    ``ServerConnection`` (see the module docstring for how sending works). Transports of one
+    server share its ``encoder``."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_encoder", "_ws")
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: ServerConnection, encoder: FrameEncoder | None = None) -> None:
         self._ws = connection
+        self._encoder = encoder if encoder is not None else FrameEncoder()
 
     async def accept(self, subprotocol: str | None) -> None:
         """Nothing to do: ``websockets`` completed the handshake (and selected the
@@ -130,12 +157,16 @@ class WebsocketsTransport:
         """Write one text frame to the socket if its write buffer is below the high-water mark;
         False (and nothing written) if ``websockets`` would have to wait for it to drain."""
         ws = self._ws
-        if ws.protocol.state is not State.OPEN:
+        protocol = ws.protocol
+        if protocol.state is not State.OPEN:
             raise TransportClosed("the websocket is closing")
         if ws.paused or ws.send_in_progress is not None:
             return False
-        ws.protocol.send_text(frame.encode())
-        ws.send_data()
+        if protocol.extensions:  # e.g. compression: the frame is this connection's own
+            protocol.send_text(frame.encode())
+            ws.send_data()
+        else:  # what send_text + send_data would write, encoded once for every connection
+            ws.transport.write(self._encoder.encode(frame))
         return True
 
     async def send(self, frame: str) -> None:
@@ -167,16 +198,17 @@ class NotifyHandler:
     message size limit.
     """
 
-    __slots__ = ("gateway", "path")
+    __slots__ = ("_encoder", "gateway", "path")
 
     def __init__(self, gateway: Gateway, *, path: str | None = "/ws") -> None:
         self.gateway = gateway
         self.path = path
+        self._encoder = FrameEncoder()
 
     async def __call__(self, connection: ServerConnection) -> None:
         """Serve one connection, from welcome to close."""
         await self.gateway.serve(
-            WebsocketsTransport(connection), handshake_from_connection(connection)
+            WebsocketsTransport(connection, self._encoder), handshake_from_connection(connection)
         )
 
     def server_options(self) -> dict[str, Any]:
@@ -204,6 +236,7 @@ class NotifyHandler:
             }
             status = HTTPStatus.OK if hub.healthy else HTTPStatus.SERVICE_UNAVAILABLE
             response = connection.respond(status, json.dumps(body))
+            del response.headers["Content-Type"]  # websockets' Headers is a multi-dict
             response.headers["Content-Type"] = "application/json"
             return response
         if self.path is not None and path != self.path:
