@@ -59,6 +59,14 @@ VARIANTS: dict[str, Variant] = {
             "uvicorn (uvloop, httptools, websockets-sansio), real JWTs",
         ),
         Variant(
+            "notifykit-websockets",
+            "bench.servers.nk",
+            ("--adapter", "websockets"),
+            needs_redis_propagator=True,
+            description="the same hub and JWTs on notifykit.adapters.websockets.serve (a "
+            "plain websockets server with uvloop, raw's serving stack) instead of uvicorn",
+        ),
+        Variant(
             "single-channel",
             "bench.servers.nk",
             ("--single-channel",),

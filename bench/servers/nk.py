@@ -1,5 +1,7 @@
 """notifykit as an application would deploy it: ``Hub(RedisPropagator(url))`` and
-``hub.asgi_app(JWTAuthenticator(secret=...), api_key=...)`` under uvicorn.
+``NotifyApp(hub, JWTAuthenticator(secret=...), api_key=...)`` under uvicorn, or
+(``--adapter websockets``) ``notifykit.adapters.websockets.serve(hub, ...)`` on a plain
+``websockets`` server with uvloop — the serving stack of the raw baseline.
 
 ``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline).
 
@@ -9,13 +11,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 
 from notifykit import Hub, JWTAuthenticator
-from notifykit.adapters.asgi import NotifyApp
 from notifykit.protocols import Propagator
 
-from ..common import API_KEY, PREFIX, SECRET
-from .uvicorn_runner import run
+from ..common import API_KEY, PREFIX, SECRET, raise_fd_limit
 
 
 def cli() -> None:
@@ -25,6 +29,7 @@ def cli() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", default=PREFIX)
     parser.add_argument("--single-channel", action="store_true")
+    parser.add_argument("--adapter", choices=("asgi", "websockets"), default="asgi")
     args = parser.parse_args()
 
     from notifykit.redis import RedisPropagator
@@ -35,7 +40,37 @@ def cli() -> None:
 
         propagator = SingleChannelPropagator(propagator)
     hub = Hub(propagator)
+    if args.adapter == "websockets":
+        import uvloop
+
+        logging.basicConfig(level=logging.WARNING)
+        raise_fd_limit()
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(serve_websockets(hub, args.port))
+        return
+
+    from notifykit.adapters.asgi import NotifyApp
+
+    from .uvicorn_runner import run
+
     run(NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
+
+
+async def serve_websockets(hub: Hub, port: int) -> None:
+    """The websockets adapter until SIGTERM/SIGINT."""
+    from notifykit.adapters.websockets import serve
+
+    async with serve(
+        hub,
+        JWTAuthenticator(secret=SECRET),
+        host="127.0.0.1",
+        port=port,
+        websockets_options={"backlog": 2048},
+    ) as server:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.close)
+        await server.serve_forever()
 
 
 if __name__ == "__main__":
