@@ -43,6 +43,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
+from channels.sessions import InstanceSessionWrapper
 
 from ..auth import CallableAuthenticator
 from ..errors import AuthenticationError
@@ -133,6 +134,20 @@ class _ChannelsTransport(ASGITransport):
         super().abort()
 
 
+def _unwrapped(send: Send) -> Send:
+    """The server's own ``send`` under Channels' ``SessionMiddleware``.
+
+    That middleware wraps ``send`` to save the session on HTTP responses; for websocket
+    messages its wrapper only forwards them, at the cost of a coroutine and two session
+    look-ups per frame, and it hides the server's transport from
+    :meth:`~notifykit.adapters.asgi.ASGITransport.abort`. Every message notifykit sends is a
+    websocket message, so it goes straight to the server.
+    """
+    while isinstance(owner := getattr(send, "__self__", None), InstanceSessionWrapper):
+        send = owner.real_send
+    return send
+
+
 class NotifyConsumer:
     """An ASGI app serving notifykit websockets, for a Channels ``URLRouter`` route.
 
@@ -173,7 +188,8 @@ class NotifyConsumer:
             return
         if not self.gateway.hub.running:
             await self._start_hub()
-        await self.gateway.serve(_ChannelsTransport(receive, send), handshake_from_scope(scope))
+        transport = _ChannelsTransport(receive, _unwrapped(send))
+        await self.gateway.serve(transport, handshake_from_scope(scope))
 
     async def _start_hub(self) -> None:
         """Start the hub in a task of its own (once), and wait until it runs or failed."""
