@@ -37,7 +37,6 @@ through :class:`notifykit.redis.RedisSyncPublisher`, which needs no event loop a
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -114,26 +113,6 @@ class ChannelsUserAuthenticator(CallableAuthenticator):
         return Principal(user_id, claims, expires_at)
 
 
-class _ChannelsTransport(ASGITransport):
-    """The ASGI transport, able to drop a connection under daphne too (whose ``send`` is
-    ``functools.partial(server.handle_reply, protocol)``, not a bound method of a protocol
-    with an asyncio transport)."""
-
-    __slots__ = ()
-
-    def abort(self) -> None:
-        """Drop the TCP connection (see :meth:`ASGITransport.abort`)."""
-        send = self._send
-        protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
-        drop = getattr(protocol, "dropConnection", None)  # autobahn, under daphne
-        if callable(drop):
-            self._closed = True
-            with suppress(Exception):
-                drop(abort=True)
-            return
-        super().abort()
-
-
 def _unwrapped(send: Send) -> Send:
     """The server's own ``send`` under Channels' ``SessionMiddleware``.
 
@@ -188,7 +167,7 @@ class NotifyConsumer:
             return
         if not self.gateway.hub.running:
             await self._start_hub()
-        transport = _ChannelsTransport(receive, _unwrapped(send))
+        transport = ASGITransport(receive, _unwrapped(send))
         await self.gateway.serve(transport, handshake_from_scope(scope))
 
     async def _start_hub(self) -> None:
@@ -197,21 +176,27 @@ class NotifyConsumer:
             loop = asyncio.get_running_loop()
             self._starting = loop.create_future()
             self._runner = loop.create_task(self._run_hub(self._starting))
-        # Shielded: a client that leaves must not cancel the start others wait for.
+        # Shielded: a client that leaves must not cancel the start others wait for. If the
+        # start failed, the gateway refuses the client with 1013 (try again later).
         with suppress(Exception):
             await asyncio.shield(self._starting)
-        # If it failed, the gateway refuses the client with 1013 (try again later); the next
-        # client tries again.
 
     async def _run_hub(self, started: asyncio.Future[None]) -> None:
         hub = self.gateway.hub
         try:
-            async with hub:
-                logger.info("hub started by the first websocket (no ASGI lifespan ran)")
-                started.set_result(None)
-                await asyncio.Event().wait()  # until the loop ends
+            await hub.__aenter__()
+        except RuntimeError as exc:  # closed already: the server is shutting down
+            logger.info("not starting the hub: %s", exc)
+            started.set_exception(exc)
+            return
         except Exception as exc:
             logger.exception("the hub failed to start")
-            if not started.done():
-                started.set_exception(exc)
-            self._starting = None
+            started.set_exception(exc)
+            self._starting = None  # the next client tries again
+            return
+        try:
+            logger.info("hub started by the first websocket (no ASGI lifespan ran)")
+            started.set_result(None)
+            await asyncio.Event().wait()  # until the event loop ends
+        finally:
+            await hub.aclose()
