@@ -1,7 +1,10 @@
 """notifykit as an application would deploy it: ``Hub(RedisPropagator(url))`` and
 ``NotifyApp(hub, JWTAuthenticator(secret=...), api_key=...)`` under uvicorn, or
 (``--adapter websockets``) ``notifykit.adapters.websockets.serve(hub, ...)`` on a plain
-``websockets`` server with uvloop — the serving stack of the raw baseline.
+``websockets`` server with uvloop — the serving stack of the raw baseline — or
+(``--adapter channels``) a Django Channels ``ProtocolTypeRouter`` with ``AuthMiddlewareStack``,
+``NotifyConsumer`` and ``ChannelsUserAuthenticator(fallback=JWTAuthenticator(...))`` under the
+same uvicorn as the ASGI variant.
 
 ``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline).
 
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from notifykit import Hub, JWTAuthenticator
 from notifykit.protocols import Propagator
@@ -29,7 +33,7 @@ def cli() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", default=PREFIX)
     parser.add_argument("--single-channel", action="store_true")
-    parser.add_argument("--adapter", choices=("asgi", "websockets"), default="asgi")
+    parser.add_argument("--adapter", choices=("asgi", "websockets", "channels"), default="asgi")
     args = parser.parse_args()
 
     from notifykit.redis import RedisPropagator
@@ -49,11 +53,46 @@ def cli() -> None:
             uvloop.run(serve_websockets(hub, args.port))
         return
 
-    from notifykit.adapters.asgi import NotifyApp
-
     from .uvicorn_runner import run
 
+    if args.adapter == "channels":
+        run(channels_app(hub), args.port)
+        return
+    from notifykit.adapters.asgi import NotifyApp
+
     run(NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
+
+
+def channels_app(hub: Hub) -> Any:
+    """The Channels application a Django project would write (settings made in code)."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        SECRET_KEY="bench-" + "0" * 50,
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        USE_TZ=True,
+    )
+    django.setup()
+    from channels.auth import AuthMiddlewareStack
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from django.urls import path
+
+    from notifykit.adapters.channels import (
+        ChannelsUserAuthenticator,
+        HubLifespan,
+        NotifyConsumer,
+    )
+
+    authenticator = ChannelsUserAuthenticator(fallback=JWTAuthenticator(secret=SECRET))
+    consumer = NotifyConsumer(hub, authenticator, allowed_origins=["http://bench.invalid"])
+    return ProtocolTypeRouter(
+        {
+            "websocket": AuthMiddlewareStack(URLRouter([path("ws", consumer)])),
+            "lifespan": HubLifespan(hub),
+        }
+    )
 
 
 async def serve_websockets(hub: Hub, port: int) -> None:
