@@ -37,6 +37,7 @@ from servers_e2e import (
     notification,
     recv,
     send,
+    start_app,
     start_command,
     token,
     wait_for_health,
@@ -52,24 +53,7 @@ ORIGIN = "http://shop.test"
 
 
 def uvicorn(app: str, app_dir: Path, env: dict[str, str]) -> Server:
-    return start_command(
-        lambda port: [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--app-dir",
-            str(app_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        health_path="/healthz",
-    )
+    return start_app(app, app_dir=app_dir, health_path="/healthz", env=env)
 
 
 # --- FastAPI: the app's own session authenticates the websocket ------------------------------
@@ -308,24 +292,23 @@ async def test_django_under_daphne_the_first_websocket_starts_the_hub(
 # --- websockets: server.py, client.py, publish.py ------------------------------------------
 
 
+def start_websockets_example(env: dict[str, str], *flags: str) -> Server:
+    """``python server.py --port <free> <flags>``, once ``/healthz`` answers."""
+    server_py = str(EXAMPLES / "websockets_server" / "server.py")
+    return start_command(
+        lambda port: [sys.executable, server_py, "--port", str(port), *flags],
+        env=env,
+        health_path="/healthz",
+    )
+
+
 @pytest.fixture(scope="module")
 def websockets_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     redis = RedisServer(tmp_path_factory.mktemp("ws-redis"))
     redis.start()
     env = clean_env(JWT_SECRET=SECRET, REDIS_URL=redis.url)
     try:
-        server = start_command(
-            lambda port: [
-                sys.executable,
-                str(EXAMPLES / "websockets_server" / "server.py"),
-                "--port",
-                str(port),
-                "--ticker",
-                "0.2",
-            ],
-            env=env,
-            health_path="/healthz",
-        )
+        server = start_websockets_example(env, "--ticker", "0.2")
     except BaseException:
         redis.stop()
         raise
@@ -402,16 +385,7 @@ async def test_websockets_client_py_prints_what_its_user_receives(
 
 
 async def test_websockets_sigterm_closes_clients_with_1001(tmp_path: Path) -> None:
-    server = start_command(
-        lambda port: [
-            sys.executable,
-            str(EXAMPLES / "websockets_server" / "server.py"),
-            "--port",
-            str(port),
-        ],
-        env=clean_env(JWT_SECRET=SECRET),
-        health_path="/healthz",
-    )
+    server = start_websockets_example(clean_env(JWT_SECRET=SECRET))
     try:
         async with client(server, token("dave")) as ws:
             await welcome(ws)

@@ -49,7 +49,7 @@ from ..errors import AuthenticationError
 from ..gateway import Gateway
 from ..model import Handshake, Principal, validate_user_id
 from .asgi.lifespan import HubLifespan
-from .asgi.transport import ASGITransport, handshake_from_scope
+from .asgi.transport import WebSocketEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -118,8 +118,8 @@ def _unwrapped(send: Send) -> Send:
 
     That middleware wraps ``send`` to save the session on HTTP responses; for websocket
     messages its wrapper only forwards them, at the cost of a coroutine and two session
-    look-ups per frame, and it hides the server's transport from
-    :meth:`~notifykit.adapters.asgi.ASGITransport.abort`. Every message notifykit sends is a
+    look-ups per frame, and it hides the server's transport from the ASGI transport's
+    ``abort()``. Every message notifykit sends is a
     websocket message, so it goes straight to the server.
     """
     while isinstance(owner := getattr(send, "__self__", None), InstanceSessionWrapper):
@@ -155,20 +155,15 @@ class NotifyConsumer:
             topic_policy=topic_policy,
             **gateway_options,
         )
+        self._endpoint = WebSocketEndpoint(self.gateway)
         self._starting: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one websocket connection (scope type ``websocket``)."""
-        if scope["type"] != "websocket":
-            raise RuntimeError("NotifyConsumer serves websocket scopes only")
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        if not self.gateway.hub.running:
+        if scope["type"] == "websocket" and not self.gateway.hub.running:
             await self._start_hub()
-        transport = ASGITransport(receive, _unwrapped(send))
-        await self.gateway.serve(transport, handshake_from_scope(scope))
+        await self._endpoint(scope, receive, _unwrapped(send))
 
     async def _start_hub(self) -> None:
         """Start the hub in a task of its own (once), and wait until it runs or failed."""

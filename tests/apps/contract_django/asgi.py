@@ -1,4 +1,4 @@
-"""The Channels application of the contract tests, under ``uvicorn contract_django.asgi:application``.
+"""The Channels application of the contract tests (``contract_django.asgi:application``).
 
 Websockets at ``/ws`` go through ``AuthMiddlewareStack`` to ``NotifyConsumer``; the Django user
 authenticator falls back to the JWT for clients that present a token (all of them here).
@@ -10,7 +10,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "contract_django.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 
