@@ -396,12 +396,12 @@ def mint_token(
         raise ConfigurationError(
             f"claims may not set {', '.join(reserved)}; use the arguments of mint_token"
         )
-    now = time.time()
+    now = int(time.time())  # whole seconds, so that exp - iat is the ttl (rounded up)
     payload: dict[str, Any] = {
         **extra,
         "sub": user_id,
-        "iat": int(now),
-        "exp": math.ceil(now + ttl),
+        "iat": now,
+        "exp": now + math.ceil(ttl),
     }
     if audience is not None:
         payload["aud"] = audience

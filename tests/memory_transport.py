@@ -159,6 +159,7 @@ class MemoryTransport:
         client = self._client
         client.history.append("abort")
         client.aborted = True
+        client.dropped.set()
         client._to_client.end()
         client._to_server.end()
 
@@ -196,6 +197,7 @@ class MemoryClient:
         self.close_reason = ""
         self.disconnected = False
         self.aborted = False
+        self.dropped = anyio.Event()  # set when the server aborts the connection
         self.send_error: BaseException | None = None
 
     def _open(self) -> bool:

@@ -41,9 +41,11 @@ from servers_e2e import (
     welcome,
 )
 
+import notifykit
 from notifykit.cli import SETTINGS, build_parser, main
 from notifykit.cli.backends import Backends, build_backends
-from notifykit.cli.settings import read_environment
+from notifykit.cli.serve import dev_settings, own_command
+from notifykit.cli.settings import Settings, read_settings
 from notifykit.jwt import JWTAuthenticator
 from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
 
@@ -144,7 +146,9 @@ def test_token_without_a_secret_exits_2_with_one_line_and_no_traceback() -> None
     [
         pytest.param(["--jwt-secret", "short"], "at least 32 bytes", id="short-secret"),
         pytest.param(["--claim", "novalue"], "NAME=VALUE", id="bad-claim"),
-        pytest.param(["--claim", "exp=1"], "may not set exp", id="reserved-claim"),
+        pytest.param(["--claim", "exp=1"], "set 'exp' with --ttl", id="reserved-claim"),
+        pytest.param(["--claim", "sub=43"], "set 'sub' with --user", id="claim-sub"),
+        pytest.param(["--claim", "aud=x"], "with --jwt-audience", id="claim-aud"),
         pytest.param(["--ttl", "-5"], "ttl", id="negative-ttl"),
         pytest.param(["--jwt-algorithm", "RS256"], "HMAC", id="not-hmac"),
     ],
@@ -179,6 +183,10 @@ def test_token_with_bad_settings_exits_2_with_one_line(
         pytest.param([], {"NOTIFYKIT_PORT": "eighty"}, "NOTIFYKIT_PORT", id="int"),
         pytest.param([], {"NOTIFYKIT_LOG_LEVEL": "loud"}, "log level", id="log-level"),
         pytest.param(["--queue-size", "0"], {}, "--queue-size", id="queue-size"),
+        pytest.param(["--close-timeout", "0"], {}, "--close-timeout", id="close-timeout"),
+        pytest.param(
+            [], {"NOTIFYKIT_SHUTDOWN_TIMEOUT": "inf"}, "NOTIFYKIT_SHUTDOWN_TIMEOUT", id="inf"
+        ),
     ],
 )
 def test_serve_with_bad_or_missing_settings_exits_2_with_one_line(
@@ -252,7 +260,10 @@ KEYS = ["--jwt-secret", SECRET, "--api-key", API_KEY]
         ),
         pytest.param([], {"NOTIFYKIT_PRESENCE_TTL": "soon"}, "NOTIFYKIT_PRESENCE_TTL", id="ttl"),
         pytest.param(
-            ["--redis-url", "redis://x", "--redis-prefix", "two words"], {}, "prefix", id="space"
+            ["--redis-url", "redis://x", "--redis-prefix", "two words"],
+            {},
+            "--redis-prefix 'two words'",
+            id="space",
         ),
         pytest.param(
             ["--redis-cluster-url", "redis://x", "--redis-prefix", "{app}"], {}, "{", id="tag"
@@ -279,8 +290,7 @@ def test_serve_with_unusable_redis_settings_exits_2_with_one_line(
 def serve_backends(argv: list[str], env: dict[str, str]) -> Backends:
     """What ``notifykit serve <argv>`` would propagate with, in this environment."""
     args = build_parser().parse_args(["serve", *argv])
-    read_environment(args, env)
-    return build_backends(args)
+    return build_backends(read_settings(args, env))
 
 
 @pytest.mark.anyio
@@ -370,6 +380,100 @@ async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
     finally:
         srv.stop()
         redis.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        pytest.param(["--port", "99999"], "--port 99999", id="port-too-high"),
+        pytest.param(["--port", "-5"], "--port '-5'", id="negative-port"),
+        pytest.param(["--port", "0"], "--port '0'", id="port-0"),
+        pytest.param(["--host", "999.1.1.1"], "--host '999.1.1.1'", id="bad-ipv4"),
+        pytest.param(["--host", "::g"], "--host '::g'", id="bad-ipv6"),
+        pytest.param(["--host", "no-such-host.invalid"], "--host", id="unknown-name"),
+    ],
+)
+def test_serve_refuses_an_address_it_cannot_listen_on_before_anything_starts(
+    argv: list[str], says: str
+) -> None:
+    result = run_cli("serve", "--dev", *argv)  # --dev would print its banner if it started
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr, says)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost"])
+def test_serve_accepts_addresses_and_names_it_can_listen_on(host: str) -> None:
+    args = build_parser().parse_args(["serve", "--host", host, "--port", "65535"])
+    assert read_settings(args, {}).host == host
+
+
+def test_version_prints_the_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"notifykit {notifykit.__version__}"
+
+
+def test_token_lives_exactly_its_ttl(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "--user", "42", "--ttl", "3600", "--jwt-secret", SECRET]) == 0
+    claims = verify(capsys.readouterr().out.strip())
+    assert claims["exp"] == claims["iat"] + 3600  # type: ignore[operator]
+
+
+def test_jwt_leeway_help_names_the_three_time_claims() -> None:
+    assert "exp, nbf and iat" in " ".join(run_cli("serve", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("settings", "warns"),
+    [
+        pytest.param(Settings(dev=True, redis_url="redis://r"), True, id="redis"),
+        pytest.param(Settings(dev=True, redis_cluster_url="redis://r"), True, id="cluster"),
+        pytest.param(Settings(dev=True), False, id="memory"),
+        pytest.param(
+            Settings(dev=True, redis_url="redis://r", jwt_secret=SECRET, api_key=("k",)),
+            False,
+            id="shared-secrets",
+        ),
+    ],
+)
+def test_dev_mode_warns_when_instances_on_one_redis_could_not_share_its_secrets(
+    capsys: pytest.CaptureFixture[str], settings: Settings, warns: bool
+) -> None:
+    generated = dev_settings(settings)
+    assert generated.jwt_secret
+    assert generated.api_key
+    err = capsys.readouterr().err
+    assert ("NOTIFYKIT_JWT_SECRET" in err) is warns
+    if warns:
+        assert err.startswith("notifykit: warning: ")
+    assert settings.jwt_secret is None or generated.jwt_secret == settings.jwt_secret
+
+
+@pytest.mark.parametrize(
+    ("argv0", "expected"),
+    [
+        pytest.param(".venv/bin/notifykit", [".venv/bin/notifykit"], id="venv-script"),
+        pytest.param("__main__.py", [sys.executable, "-m", "notifykit"], id="python-m"),
+    ],
+)
+def test_dev_mode_prints_a_publish_command_that_runs_from_another_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv0: str, expected: list[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no notifykit on PATH
+    assert own_command() == expected
+
+
+def test_dev_mode_prints_plain_notifykit_when_that_is_the_one_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = tmp_path / "notifykit"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert own_command() == ["notifykit"]
 
 
 def test_serve_without_a_key_exits_2_in_a_real_process() -> None:
@@ -610,14 +714,12 @@ async def test_dev_mode_prints_a_working_token_websocket_url_and_publish_command
                 await send(ws, {"type": "subscribe", "topic": "demo:news"})
                 assert (await recv(ws))["type"] == "subscribed"
 
+                # Started as `python -m notifykit`: the printed command runs this same one, as
+                # printed, from another terminal (no `notifykit` on PATH needed).
                 command = shlex.split(printed["publish"])
-                assert command[:2] == ["notifykit", "publish"]
+                assert command[:4] == [sys.executable, "-m", "notifykit", "publish"]
                 with anyio.fail_after(30):
-                    result = await anyio.run_process(
-                        [sys.executable, "-m", "notifykit", *command[1:]],
-                        env=clean_env(),
-                        check=False,
-                    )
+                    result = await anyio.run_process(command, env=clean_env(), check=False)
                 assert result.returncode == 0, result.stderr
                 frame = await recv(ws)
                 assert frame["id"] == result.stdout.decode().strip()

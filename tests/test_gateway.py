@@ -625,10 +625,10 @@ async def test_a_refresh_with_an_invalid_token_is_forbidden(
 # --- slow consumers, shutdown, cancellation, broken transports --------------------------------
 
 
-async def test_a_client_that_stops_reading_is_closed_4008_and_the_others_keep_receiving(
+async def test_a_client_that_stops_reading_is_closed_4008_then_dropped_and_others_keep_receiving(
     hub: Hub,
 ) -> None:
-    gateway = Gateway(hub, AUTH, queue_size=4)
+    gateway = Gateway(hub, AUTH, queue_size=4, close_timeout=0.2)
     async with (
         connect(gateway, handshake(token("42")), read_buffer=3) as slow,
         connect(gateway, handshake(token("42"))) as healthy,
@@ -636,17 +636,31 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_the_others_keep_re
         await welcome(slow)  # then it reads nothing more: 3 frames fill its socket buffer
         await welcome(healthy)
         sent = [await hub.notify_user("42", "tick", n) for n in range(20)]
-
-        assert (await slow.closed())[0] == CloseCode.SLOW_CONSUMER
+        with anyio.fail_after(2):
+            await slow.dropped.wait()
+        # Its close frame could not be written: the connection was dropped, and counted.
+        assert slow.close_code is None
         assert hub.metrics["slow_consumer_closes"] == 1
+        assert hub.metrics["aborted_connections"] == 1
         assert len(hub.local_connections("42")) == 1
-        got = [frame.id for frame in await read_until_closed(slow, Notification)]
-        assert 1 <= len(got) < len(sent)
-        assert got == sent[: len(got)]
-
         assert [(await next_notification(healthy)).id for _ in sent] == sent
         after = await hub.notify_user("42", "after")
         assert (await next_notification(healthy)).id == after
+    assert_no_state(hub)
+
+
+async def test_a_slow_client_that_still_reads_gets_4008_after_what_was_on_its_way(hub: Hub) -> None:
+    gateway = Gateway(hub, AUTH, queue_size=4)
+    async with connect(gateway, handshake(token("42")), read_buffer=3) as slow:
+        await welcome(slow)
+        sent = [await hub.notify_user("42", "tick", n) for n in range(20)]
+        got = [frame.id for frame in await read_until_closed(slow, Notification)]
+        assert (await slow.closed())[0] == CloseCode.SLOW_CONSUMER
+        # What it got is a prefix of what was sent: its queue was dropped, nothing reordered.
+        assert 1 <= len(got) < len(sent)
+        assert got == sent[: len(got)]
+    assert hub.metrics["slow_consumer_closes"] == 1
+    assert hub.metrics["aborted_connections"] == 0
     assert_no_state(hub)
 
 

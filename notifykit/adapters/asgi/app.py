@@ -12,7 +12,8 @@ Routes (relative to where it is mounted):
 * ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
 * ``GET /metrics`` — Prometheus text format;
 * ``GET /presence/<user_id>`` — ``{"user", "online", "connections"}`` across every instance;
-  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key).
+  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key);
+* ``GET /client.js`` — the browser client (``notifykit/static/client.js``).
 
 When it is the root ASGI app (as under ``notifykit serve``) it also runs the hub for the
 server's lifespan; when mounted, the host app enters the hub in its own lifespan.
@@ -31,6 +32,7 @@ from ...errors import ConfigurationError, InvalidNotification, NotRunning, Propa
 from ...gateway import Gateway
 from .lifespan import run_lifespan
 from .publish import parse_publish
+from .static import client_routes
 from .transport import WebSocketEndpoint
 
 if TYPE_CHECKING:
@@ -93,6 +95,7 @@ class NotifyApp:
                 Route("/metrics", self.metrics, methods=["GET"]),
                 Route("/presence", self.presence_summary, methods=["GET"]),
                 Route("/presence/{user_id:path}", self.presence, methods=["GET"]),
+                *client_routes(),
             ]
         )
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HubLifespan", "run_lifespan"]
 
-logger = logging.getLogger("notifykit.service")
+logger = logging.getLogger("notifykit.asgi")
 
 
 async def run_lifespan(hub: Hub, receive: Receive, send: Send) -> None:

@@ -22,6 +22,8 @@ without waiting — is built on how ASGI servers behave:
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from contextlib import suppress
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
@@ -94,6 +96,13 @@ class _Resume:
                 value = coro.send(sent)
             except StopIteration:
                 return
+
+
+def _reset_on_close(sock: Any) -> None:
+    """Make closing ``sock`` reset the connection (linger 0): without it the kernel keeps the
+    unsent bytes and retries a peer that reads nothing for minutes after the close."""
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
@@ -194,10 +203,13 @@ class ASGITransport:
         self._closed = True
         if self._pending is not None:
             self._pending.cancel()
+        # asyncio's and uvloop's transports alike (uvloop's are no asyncio.BaseTransport).
         transport = getattr(getattr(self._send, "__self__", None), "transport", None)
-        if isinstance(transport, asyncio.BaseTransport):
+        abort = getattr(transport, "abort", None)
+        if callable(abort):
             with suppress(Exception):
-                transport.abort()  # type: ignore[attr-defined]
+                _reset_on_close(transport.get_extra_info("socket"))  # type: ignore[union-attr]
+                abort()
 
 
 class WebSocketEndpoint:
