@@ -25,6 +25,7 @@ every client when no extension (compression) was negotiated, so the handler enco
 notification to its websocket frame once (:class:`FrameEncoder`) and every connection it is
 delivered to writes those bytes; a connection with an extension goes through its protocol's
 ``send_text`` instead.
+
 Needs the ``websockets`` extra (``pip install 'notifykit[websockets]'``); asyncio only, like
 ``websockets``' asyncio server.
 """
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -70,8 +70,6 @@ __all__ = [
     "select_subprotocol",
     "serve",
 ]
-
-logger = logging.getLogger("notifykit.websockets")
 
 MAX_SIZE_FACTOR = 4
 """``websockets`` drops (1009) client messages over this many times the gateway's
