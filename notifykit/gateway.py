@@ -51,12 +51,12 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from anyio.abc import TaskGroup
 
     from .hub import Hub
-    from .protocols import Authenticator, TopicPolicy, Transport
+    from .protocols import Authenticator, HandshakeAuthenticator, TopicPolicy, Transport
     from .recovery import Registration
     from .wire import ClientFrame
 
@@ -70,7 +70,9 @@ class Gateway:
 
     Options:
 
-    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`).
+    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`), or
+      a :class:`~notifykit.protocols.HandshakeAuthenticator` that reads the whole handshake
+      (the host app's login session).
     * ``topic_policy`` — ``(principal, topic) -> bool`` (sync or async) deciding who may
       subscribe to what; default: the topics listed in the token's ``topics`` claim.
     * ``allow_anonymous`` — accept clients without a token; they receive only broadcasts.
@@ -95,7 +97,7 @@ class Gateway:
     def __init__(
         self,
         hub: Hub,
-        authenticator: Authenticator,
+        authenticator: Authenticator | HandshakeAuthenticator,
         *,
         topic_policy: TopicPolicy | None = None,
         allow_anonymous: bool = False,
@@ -108,8 +110,13 @@ class Gateway:
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not callable(getattr(authenticator, "authenticate", None)):
-            raise ConfigurationError("authenticator must have an async authenticate(token)")
+        by_handshake = getattr(authenticator, "authenticate_handshake", None)
+        by_token = getattr(authenticator, "authenticate", None)
+        if not callable(by_handshake) and not callable(by_token):
+            raise ConfigurationError(
+                "authenticator must have an async authenticate(token) or "
+                "authenticate_handshake(handshake)"
+            )
         if topic_policy is not None and not callable(topic_policy):
             raise ConfigurationError("topic_policy must be a callable (principal, topic) -> bool")
         self.hub = hub
@@ -117,6 +124,18 @@ class Gateway:
         self.topic_policy: TopicPolicy = topic_policy or claim_topics_policy()
         self.allow_anonymous = allow_anonymous
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        cookie_based = callable(by_handshake) and getattr(authenticator, "cookie_based", False)
+        if cookie_based and not self.allowed_origins:
+            raise ConfigurationError(
+                "an authenticator that trusts cookies needs allowed_origins: without it "
+                "any web page could open a websocket with your users' cookies"
+            )
+        self._by_handshake: Callable[[Handshake], Awaitable[Principal | None]] | None = (
+            by_handshake if callable(by_handshake) else None
+        )
+        self._by_token: Callable[[str], Awaitable[Principal]] | None = (
+            by_token if callable(by_token) else None
+        )
         self.max_frame_bytes = _at_least("max_frame_bytes", max_frame_bytes, 1)
         self.queue_size = _at_least("queue_size", queue_size, 1)
         self.queue_bytes = _at_least("queue_bytes", queue_bytes, 1)
@@ -147,7 +166,7 @@ class Gateway:
             await self._refuse(transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed")
             return
         try:
-            principal = await self._authenticate(handshake.bearer_token())
+            principal = await self._authenticate(handshake)
         except AuthenticationError as exc:
             metrics["auth_failures"] += 1
             await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
@@ -355,8 +374,10 @@ class Gateway:
     ) -> Refreshed | Error:
         if connection.principal.is_anonymous:
             return Error(ErrorCode.FORBIDDEN, "anonymous connections cannot refresh", ref)
+        if self._by_token is None:
+            return Error(ErrorCode.FORBIDDEN, "this server does not accept tokens", ref)
         try:
-            principal = await self.authenticator.authenticate(token)
+            principal = await self._by_token(token)
         except AuthenticationError as exc:
             return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
         if principal.user_id != connection.principal.user_id:
@@ -385,15 +406,23 @@ class Gateway:
             return math.inf
         return anyio.current_time() + (principal.expires_at - self.clock())
 
-    async def _authenticate(self, token: str | None) -> Principal:
-        if token is None:
+    async def _authenticate(self, handshake: Handshake) -> Principal:
+        if self._by_handshake is not None:
+            principal = await self._by_handshake(handshake)
+            if principal is not None:
+                return principal
+            if self.allow_anonymous:
+                return Principal(None)
+            raise AuthenticationError("not authenticated: log in first")
+        token = handshake.bearer_token()
+        if token is None or self._by_token is None:
             if self.allow_anonymous:
                 return Principal(None)
             raise AuthenticationError(
                 "no token: send 'Authorization: Bearer <jwt>', a 'bearer.<jwt>' subprotocol "
                 "or a 'token' query parameter"
             )
-        return await self.authenticator.authenticate(token)
+        return await self._by_token(token)
 
 
 def _too_large(message: str | bytes, limit: int) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -39,6 +38,7 @@ from ...errors import (
 )
 from ...gateway import Gateway
 from ...model import topic_key, user_key, validate_topic, validate_user_id
+from .lifespan import run_lifespan
 from .publish import parse_publish
 from .static import client_routes
 from .transport import WebSocketEndpoint
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from .transport import Receive, Scope, Send
 
 __all__ = ["NotifyApp", "render_metrics"]
-
-logger = logging.getLogger("notifykit.asgi")
 
 
 class NotifyApp:
@@ -119,29 +117,9 @@ class NotifyApp:
             else:
                 await send({"type": "websocket.close", "code": 1000})  # a 403 handshake reply
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(self.hub, receive, send)
         else:
             await self.http(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        if self.hub.running:  # the host app runs the hub itself
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        try:
-            await self.hub.__aenter__()
-        except Exception as exc:
-            logger.exception("hub failed to start")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        try:
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-        finally:
-            await self.hub.aclose()
-        await send({"type": "lifespan.shutdown.complete"})
 
     # --- HTTP -----------------------------------------------------------------------------
 
