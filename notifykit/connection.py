@@ -104,9 +104,16 @@ class Connection:
 
     # --- offering frames ------------------------------------------------------------------
 
-    def offer(self, frame: str) -> None:
+    @property
+    def queue_size(self) -> int:
+        """Frames that may wait to be sent before the connection is a slow consumer."""
+        return self._max_frames
+
+    def offer(self, frame: str, *, bounded: bool = True) -> None:
         """Send ``frame`` now if the transport takes it without waiting, else queue it; never
-        waits and never raises. A full queue closes the connection with 4008."""
+        waits and never raises. A full queue closes the connection with 4008 — unless
+        ``bounded`` is False: a catch-up (welcome, replay) is bounded by the history kept,
+        not by the queue."""
         if self._direct:  # the hot path
             try:
                 if self._transport.send_now(frame):  # type: ignore[union-attr]
@@ -124,14 +131,16 @@ class Connection:
             if self.close_code != CloseCode.SLOW_CONSUMER:
                 self._enqueue(frame)
             return
-        if not self._enqueue(frame):
+        if not self._enqueue(frame, bounded):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too much queued")
             return
         self._wake_writer()
 
-    def _enqueue(self, frame: str) -> bool:
+    def _enqueue(self, frame: str, bounded: bool = True) -> bool:
         size = _size(frame)
-        if len(self._queue) >= self._max_frames or self._queued_bytes + size > self._max_bytes:
+        if bounded and (
+            len(self._queue) >= self._max_frames or self._queued_bytes + size > self._max_bytes
+        ):
             return False
         self._queue.append(frame)
         self._queued_bytes += size

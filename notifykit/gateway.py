@@ -28,7 +28,7 @@ from .errors import (
     PropagationError,
     ProtocolError,
 )
-from .model import Handshake, Principal, validate_topic
+from .model import Handshake, Principal, topic_key, validate_topic
 from .topics import claim_topics_policy
 from .wire import (
     SUBPROTOCOL,
@@ -37,6 +37,7 @@ from .wire import (
     ErrorCode,
     Ping,
     Pong,
+    Position,
     Refresh,
     Refreshed,
     Subscribe,
@@ -46,15 +47,17 @@ from .wire import (
     Welcome,
     encode,
     parse_client,
+    parse_positions,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from anyio.abc import TaskGroup
 
     from .hub import Hub
-    from .protocols import Authenticator, TopicPolicy, Transport
+    from .protocols import Authenticator, HandshakeAuthenticator, TopicPolicy, Transport
+    from .recovery import Registration
     from .wire import ClientFrame
 
 __all__ = ["Gateway"]
@@ -67,7 +70,9 @@ class Gateway:
 
     Options:
 
-    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`).
+    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`), or
+      a :class:`~notifykit.protocols.HandshakeAuthenticator` that reads the whole handshake
+      (the host app's login session).
     * ``topic_policy`` — ``(principal, topic) -> bool`` (sync or async) deciding who may
       subscribe to what; default: the topics listed in the token's ``topics`` claim.
     * ``allow_anonymous`` — accept clients without a token; they receive only broadcasts.
@@ -92,7 +97,7 @@ class Gateway:
     def __init__(
         self,
         hub: Hub,
-        authenticator: Authenticator,
+        authenticator: Authenticator | HandshakeAuthenticator,
         *,
         topic_policy: TopicPolicy | None = None,
         allow_anonymous: bool = False,
@@ -105,8 +110,13 @@ class Gateway:
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not callable(getattr(authenticator, "authenticate", None)):
-            raise ConfigurationError("authenticator must have an async authenticate(token)")
+        by_handshake = getattr(authenticator, "authenticate_handshake", None)
+        by_token = getattr(authenticator, "authenticate", None)
+        if not callable(by_handshake) and not callable(by_token):
+            raise ConfigurationError(
+                "authenticator must have an async authenticate(token) or "
+                "authenticate_handshake(handshake)"
+            )
         if topic_policy is not None and not callable(topic_policy):
             raise ConfigurationError("topic_policy must be a callable (principal, topic) -> bool")
         self.hub = hub
@@ -114,6 +124,18 @@ class Gateway:
         self.topic_policy: TopicPolicy = topic_policy or claim_topics_policy()
         self.allow_anonymous = allow_anonymous
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        cookie_based = callable(by_handshake) and getattr(authenticator, "cookie_based", False)
+        if cookie_based and not self.allowed_origins:
+            raise ConfigurationError(
+                "an authenticator that trusts cookies needs allowed_origins: without it "
+                "any web page could open a websocket with your users' cookies"
+            )
+        self._by_handshake: Callable[[Handshake], Awaitable[Principal | None]] | None = (
+            by_handshake if callable(by_handshake) else None
+        )
+        self._by_token: Callable[[str], Awaitable[Principal]] | None = (
+            by_token if callable(by_token) else None
+        )
         self.max_frame_bytes = _at_least("max_frame_bytes", max_frame_bytes, 1)
         self.queue_size = _at_least("queue_size", queue_size, 1)
         self.queue_bytes = _at_least("queue_bytes", queue_bytes, 1)
@@ -144,10 +166,16 @@ class Gateway:
             await self._refuse(transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed")
             return
         try:
-            principal = await self._authenticate(handshake.bearer_token())
+            principal = await self._authenticate(handshake)
         except AuthenticationError as exc:
             metrics["auth_failures"] += 1
             await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
+            return
+        try:
+            resume = _resume(handshake)
+        except ProtocolError as exc:
+            metrics["bad_frames"] += 1
+            await self._refuse(transport, subprotocol, CloseCode.BAD_FRAME, str(exc))
             return
         if not self.hub.running:
             await self._refuse(transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running")
@@ -159,7 +187,7 @@ class Gateway:
         metrics["connections_opened"] += 1
         try:
             async with anyio.create_task_group() as writers:
-                await self._converse(connection, transport, writers)
+                await self._converse(connection, transport, writers, resume)
                 self.hub.unregister(connection)
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
@@ -182,18 +210,34 @@ class Gateway:
             metrics["connections_closed"] += 1
 
     async def _converse(
-        self, connection: Connection, transport: Transport, writers: TaskGroup
+        self,
+        connection: Connection,
+        transport: Transport,
+        writers: TaskGroup,
+        resume: dict[str, Position] | None,
     ) -> None:
         """Register the connection, send its welcome, and serve it until it ends."""
+
+        def welcome(registration: Registration) -> str:
+            principal = connection.principal
+            return encode(
+                Welcome(
+                    connection.id,
+                    principal.user_id,
+                    _unix(principal.expires_at),
+                    registration.positions,
+                    registration.recovered,
+                )
+            )
+
         try:
             # close() cancels this scope; its deadline is the token's expiry, which a refresh
             # moves.
             with anyio.CancelScope(deadline=self._deadline(connection.principal)) as scope:
                 connection.bind(scope)
-                # Queued before registering, sent only once registered: the welcome is always
+                # The welcome is queued once registered, before what was missed: it is always
                 # the first frame, and it promises that later notifications will arrive.
-                connection.offer(encode(_welcome(connection)))
-                await self.hub.attach(connection)
+                await self.hub.attach(connection, resume=resume, greeting=welcome)
                 connection.start_sending(transport, writers)
                 await self._read(connection, transport, scope)
             if connection.close_code is None and anyio.current_time() >= scope.deadline:
@@ -277,8 +321,10 @@ class Gateway:
         match frame:
             case Ping(ref):
                 connection.offer(encode(Pong(ref)))
-            case Subscribe(topic, ref):
-                connection.offer(encode(await self._subscribe(connection, topic, ref)))
+            case Subscribe(topic, ref, since):
+                refusal = await self._subscribe(connection, topic, ref, since)
+                if refusal is not None:
+                    connection.offer(encode(refusal))
             case Unsubscribe(topic, ref):
                 if topic in connection.topics:
                     await self.hub.unsubscribe(connection, topic)
@@ -287,23 +333,29 @@ class Gateway:
                 connection.offer(encode(await self._refresh(connection, token, ref, expiry)))
 
     async def _subscribe(
-        self, connection: Connection, topic: str, ref: str | None
-    ) -> Subscribed | Error:
+        self, connection: Connection, topic: str, ref: str | None, since: Position | None
+    ) -> Error | None:
+        """Subscribe, offering ``subscribed`` and what was missed since ``since``; or return
+        why not."""
         try:
             validate_topic(topic)
         except InvalidNotification as exc:
             return Error(ErrorCode.INVALID_TOPIC, str(exc), ref)
-        if topic in connection.topics:
-            return Subscribed(topic, ref)
-        if len(connection.topics) >= self.max_topics:
-            return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
-        if not await self._may_subscribe(connection.principal, topic):
-            return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
+        if topic not in connection.topics:
+            if len(connection.topics) >= self.max_topics:
+                return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
+            if not await self._may_subscribe(connection.principal, topic):
+                return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
+
+        def subscribed(registration: Registration) -> str:
+            position = registration.positions.get(topic_key(topic))
+            return encode(Subscribed(topic, ref, position, registration.recovered))
+
         try:
-            await self.hub.subscribe(connection, topic)
+            await self.hub.subscribe(connection, topic, since=since, greeting=subscribed)
         except PropagationError:  # the hub left the connection as it was
             return Error(ErrorCode.UNAVAILABLE, "subscription failed; retry later", ref)
-        return Subscribed(topic, ref)
+        return None
 
     async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
         if principal.is_anonymous:
@@ -322,8 +374,10 @@ class Gateway:
     ) -> Refreshed | Error:
         if connection.principal.is_anonymous:
             return Error(ErrorCode.FORBIDDEN, "anonymous connections cannot refresh", ref)
+        if self._by_token is None:
+            return Error(ErrorCode.FORBIDDEN, "this server does not accept tokens", ref)
         try:
-            principal = await self.authenticator.authenticate(token)
+            principal = await self._by_token(token)
         except AuthenticationError as exc:
             return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
         if principal.user_id != connection.principal.user_id:
@@ -352,15 +406,23 @@ class Gateway:
             return math.inf
         return anyio.current_time() + (principal.expires_at - self.clock())
 
-    async def _authenticate(self, token: str | None) -> Principal:
-        if token is None:
+    async def _authenticate(self, handshake: Handshake) -> Principal:
+        if self._by_handshake is not None:
+            principal = await self._by_handshake(handshake)
+            if principal is not None:
+                return principal
+            if self.allow_anonymous:
+                return Principal(None)
+            raise AuthenticationError("not authenticated: log in first")
+        token = handshake.bearer_token()
+        if token is None or self._by_token is None:
             if self.allow_anonymous:
                 return Principal(None)
             raise AuthenticationError(
                 "no token: send 'Authorization: Bearer <jwt>', a 'bearer.<jwt>' subprotocol "
                 "or a 'token' query parameter"
             )
-        return await self.authenticator.authenticate(token)
+        return await self._by_token(token)
 
 
 def _too_large(message: str | bytes, limit: int) -> bool:
@@ -370,9 +432,10 @@ def _too_large(message: str | bytes, limit: int) -> bool:
     return isinstance(message, str) and len(message) * 4 > limit and len(message.encode()) > limit
 
 
-def _welcome(connection: Connection) -> Welcome:
-    principal = connection.principal
-    return Welcome(connection.id, principal.user_id, _unix(principal.expires_at))
+def _resume(handshake: Handshake) -> dict[str, Position] | None:
+    """The positions of the ``resume`` query parameter, if any (ProtocolError if invalid)."""
+    text = handshake.query.get("resume")
+    return None if text is None else parse_positions(text)
 
 
 def _unix(expires_at: float | None) -> int | None:

@@ -23,12 +23,19 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
 from .envelope import Envelope, IdGenerator, pack, unpack
-from .errors import ConfigurationError, NotRunning, PropagationError
+from .errors import (
+    ConfigurationError,
+    HistoryOff,
+    InvalidNotification,
+    NotRunning,
+    PropagationError,
+)
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
 from .model import (
     Target,
@@ -41,16 +48,17 @@ from .model import (
     users,
     validate_topic,
 )
-from .wire import CloseCode
+from .recovery import Held, Registration, catch_up
+from .wire import CloseCode, Position, with_position
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping
     from types import TracebackType
 
     from .connection import Connection
     from .protocols import Presence, Propagator, Receiver, SocketState
 
-__all__ = ["Hub"]
+__all__ = ["HistoryPage", "Hub"]
 
 logger = logging.getLogger("notifykit.hub")
 
@@ -83,6 +91,19 @@ def _check_timeout(name: str, value: float, *, zero: bool = False) -> float:
     return float(value)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Part of one stream's history: its ``stream`` name, ``epoch`` and ``last`` offset, the
+    first offset still retained (``first``), and ``notifications`` — frames (JSON text), in
+    offset order."""
+
+    stream: str
+    epoch: str
+    last: int
+    first: int
+    notifications: list[str]
+
+
 class Hub:
     """Sends notifications and routes them to the connections this instance holds.
 
@@ -90,8 +111,10 @@ class Hub:
     pass a Redis propagator to scale out. ``presence`` defaults to a
     :class:`~notifykit.memory.MemoryPresence`; pass a ``RedisPresence`` for cluster-wide
     presence. ``subscribe_timeout`` bounds how long registering a connection may wait for the
-    propagator to confirm a subscription; ``cleanup_timeout`` bounds the bookkeeping after a
-    connection ends (unsubscribing, presence). Use it as an async context manager: entering
+    propagator to confirm a subscription (and to read history); ``cleanup_timeout`` bounds the
+    bookkeeping after a connection ends (unsubscribing, presence); ``replay_limit`` is the most
+    notifications replayed per stream to a resuming client (beyond, it is told
+    ``recovered: false`` and refetches). Use it as an async context manager: entering
     starts the propagator, leaving closes every connection with ``1001 going away`` (waiting up
     to ``shutdown_timeout`` seconds for them to go) and stops it.
     """
@@ -105,6 +128,7 @@ class Hub:
         subscribe_timeout: float = 10.0,
         cleanup_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
+        replay_limit: int = 1000,
     ) -> None:
         self.propagator: Propagator = propagator if propagator is not None else MemoryPropagator()
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
@@ -114,6 +138,9 @@ class Hub:
         self._subscribe_timeout = _check_timeout("subscribe_timeout", subscribe_timeout)
         self._cleanup_timeout = _check_timeout("cleanup_timeout", cleanup_timeout)
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
+        if not isinstance(replay_limit, int) or replay_limit < 1:
+            raise ConfigurationError(f"replay_limit must be at least 1, not {replay_limit!r}")
+        self._replay_limit = replay_limit
         self._ids = IdGenerator()
         self._pending: dict[str, _Pending] = {}
         self._running = False
@@ -122,9 +149,12 @@ class Hub:
         # them, so each has sent its close frame before the propagator stops.
         self._live: set[Connection] = set()
         self._drained: anyio.Event | None = None
-        # The last payload unpacked: a publish to several keys hands the same payload object
-        # for each key (in-process), which is then decoded once, not once per key.
-        self._unpacked: tuple[bytes, str | None, str] = (b"", None, "")
+        # Connections joining a key's stream: what arrives live for them is held until their
+        # catch-up (notifykit.recovery) decides what they get.
+        self._joining: dict[str, dict[Receiver, Held]] = {}
+        # The last payload unpacked: a publish to several keys hands the same (unstamped)
+        # payload object for each key in-process, which is then decoded once, not per key.
+        self._unpacked: tuple[bytes, str | None, Position | None, str] = (b"", None, None, "")
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -234,45 +264,70 @@ class Hub:
         members = self.state.members(key)
         if not members:
             return
-        last, exclude, frame = self._unpacked
+        last, exclude, position, frame = self._unpacked
         if payload is not last:
             try:
-                exclude, frame = unpack(payload)
+                exclude, position, frame = unpack(payload)
             except ValueError:
                 self.metrics["malformed_payloads"] += 1
                 logger.warning("skipped a malformed payload on key %r", key)
                 return
-            self._unpacked = (payload, exclude, frame)
-        if exclude is None:
+            if position is not None:  # a stamped payload belongs to this key alone
+                frame = with_position(frame, key, position)
+            self._unpacked = (payload, exclude, position, frame)
+        joining = self._joining.get(key) if self._joining else None
+        if exclude is None and joining is None:  # the hot path
             for connection in members:
                 connection.offer(frame)
             sent = len(members)
         else:
             sent = 0
             for connection in members:
-                if connection.id != exclude:
-                    connection.offer(frame)
-                    sent += 1
+                if connection.id == exclude:
+                    continue
+                if joining is not None and (held := joining.get(connection)) is not None:
+                    held.append((position, frame))
+                    if len(held) > held.limit:
+                        connection.close(CloseCode.SLOW_CONSUMER, "slow consumer: too much held")
+                    continue
+                connection.offer(frame)
+                sent += 1
         self.metrics["frames_delivered"] += sent
+
+    def _frame(self, key: str, payload: bytes) -> str | None:
+        """The frame of a stamped payload read from ``key``'s history (None if malformed)."""
+        try:
+            _, position, frame = unpack(payload)
+        except ValueError:
+            self.metrics["malformed_payloads"] += 1
+            return None
+        return frame if position is None else with_position(frame, key, position)
 
     # --- registration ---------------------------------------------------------------------
 
-    async def attach(self, connection: Connection) -> None:
-        """Register a connection under its principal's keys.
+    async def attach(
+        self,
+        connection: Connection,
+        *,
+        resume: Mapping[str, Position] | None = None,
+        greeting: Callable[[Registration], str] | None = None,
+    ) -> Registration:
+        """Register a connection under its principal's keys, and catch it up.
 
         Returns once the propagator confirmed every subscription the connection needs, so a
-        notification published after this returns reaches it. Raises
-        :class:`~notifykit.errors.PropagationError` if that could not be confirmed (the
-        connection is then unregistered again) and :class:`~notifykit.errors.NotRunning`
-        if the hub is not running. Either way, call :meth:`detach` when the connection ends.
+        notification published after this returns reaches it. ``resume`` maps streams to the
+        client's positions: what it missed there is replayed (streams that are not its own are
+        ignored). Before any notification, the connection is offered ``greeting(...)`` (the
+        gateway's ``welcome``) with the positions and ``recovered`` found — see
+        :mod:`notifykit.recovery`. Raises :class:`~notifykit.errors.PropagationError` if
+        that could not be done (the connection is then unregistered again) and
+        :class:`~notifykit.errors.NotRunning` if the hub is not running. Either way, call
+        :meth:`detach` when the connection ends.
         """
         self._check_running()
         self._live.add(connection)
-        try:
-            await self._join(connection, connection.principal.routing_keys())
-        except PropagationError:
-            self.unregister(connection)
-            raise
+        keys = connection.principal.routing_keys()
+        registration = await self._catch_up(connection, keys, resume, greeting)
         user_id = connection.principal.user_id
         if user_id is not None:
             try:
@@ -280,6 +335,51 @@ class Hub:
             except PropagationError as exc:
                 # Not fatal: delivery works, and the presence heartbeat registers it later.
                 logger.warning("presence could not record %s: %s", connection.id, exc)
+        return registration
+
+    async def _catch_up(
+        self,
+        connection: Connection,
+        keys: tuple[str, ...],
+        resume: Mapping[str, Position] | None,
+        greeting: Callable[[Registration], str] | None,
+    ) -> Registration:
+        """Join ``keys``, holding what arrives live, read their history, wait for the
+        propagator's barrier, then hand the connection its greeting, what it missed and what
+        was held — with no await in between, so nothing can slip in out of order."""
+        held: dict[str, Held] = {}
+        for key in keys:
+            held[key] = self._joining.setdefault(key, {}).setdefault(
+                connection, Held(connection.queue_size)
+            )
+        try:
+            try:
+                await self._join(connection, keys)
+                after = {
+                    key: (resume[key].offset if resume and key in resume else None) for key in keys
+                }
+                with anyio.fail_after(self._subscribe_timeout):
+                    streams = await self.propagator.read(after, self._replay_limit)
+                    if streams:
+                        await self.propagator.barrier(keys)
+            except (PropagationError, TimeoutError) as exc:
+                self._leave_keys(connection, keys)
+                if isinstance(exc, TimeoutError):
+                    raise PropagationError("reading history timed out") from exc
+                raise
+            registration = catch_up(keys, streams, resume, held, self._frame)
+            if greeting is not None:
+                connection.offer(greeting(registration), bounded=False)
+            for frame in registration.frames:
+                connection.offer(frame, bounded=False)
+        finally:
+            for key in keys:
+                joining = self._joining.get(key)
+                if joining is not None:
+                    joining.pop(connection, None)
+                    if not joining:
+                        del self._joining[key]
+        return registration
 
     def unregister(self, connection: Connection) -> None:
         """Take a connection out of routing at once (no I/O): nothing reaches it any more.
@@ -287,12 +387,7 @@ class Hub:
         Keys it leaves empty stay in ``connection.keys`` for :meth:`detach` to unsubscribe.
         Idempotent.
         """
-        state = self.state
-        for key in list(connection.keys):
-            if connection not in state.members(key):
-                continue  # unregistered already; an empty key stays for detach()
-            if not state.remove(key, connection):
-                connection.keys.discard(key)  # others still hold it: nothing to clean up
+        self._leave_keys(connection, list(connection.keys))
         connection.topics.clear()
 
     async def detach(self, connection: Connection) -> None:
@@ -331,37 +426,70 @@ class Hub:
             except PropagationError as exc:
                 logger.warning("presence could not forget %s: %s", connection.id, exc)
 
-    async def subscribe(self, connection: Connection, topic: str) -> None:
-        """Add ``topic`` to a registered connection (authorization is the caller's job).
+    async def subscribe(
+        self,
+        connection: Connection,
+        topic: str,
+        *,
+        since: Position | None = None,
+        greeting: Callable[[Registration], str] | None = None,
+    ) -> Registration:
+        """Add ``topic`` to a registered connection (authorization is the caller's job), and
+        catch it up as :meth:`attach` does: ``greeting(...)`` (the gateway's ``subscribed``)
+        is offered first, then what was missed since ``since``.
 
         Returns once notifications to the topic reach the connection. Raises
         :class:`~notifykit.errors.InvalidNotification` for a bad topic name and
         :class:`~notifykit.errors.PropagationError` if the subscription could not be
-        confirmed; the connection is then left as it was.
+        confirmed; the connection is then left as it was. Subscribing again to a topic the
+        connection has is a no-op (only the greeting is offered).
         """
         validate_topic(topic)
+        key = topic_key(topic)
         if topic in connection.topics:
-            return
+            registration = Registration()
+            if greeting is not None:
+                connection.offer(greeting(registration))
+            return registration
         connection.topics.add(topic)
         try:
-            await self._join(connection, (topic_key(topic),))
+            return await self._catch_up(
+                connection, (key,), None if since is None else {key: since}, greeting
+            )
         except PropagationError:
-            await self.unsubscribe(connection, topic)
+            connection.topics.discard(topic)
+            await self._unsubscribe_orphans(connection, (key,))
             raise
+
+    def _leave_keys(self, connection: Connection, keys: Iterable[str]) -> None:
+        """Undo a join that failed: the keys leave routing; keys left empty are unsubscribed
+        by :meth:`detach` (or, for a topic, at once by :meth:`unsubscribe`)."""
+        for key in keys:
+            if (
+                key in connection.keys
+                and connection in self.state.members(key)
+                and not self.state.remove(key, connection)
+            ):
+                connection.keys.discard(key)
 
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Remove ``topic`` from a connection; a no-op if it was not subscribed."""
         connection.topics.discard(topic)
         key = topic_key(topic)
-        if key not in connection.keys:
+        self._leave_keys(connection, (key,))
+        await self._unsubscribe_orphans(connection, (key,))
+
+    async def _unsubscribe_orphans(self, connection: Connection, keys: Iterable[str]) -> None:
+        """Unsubscribe those of ``keys`` that ``connection`` left empty, bounded in time."""
+        gone = [key for key in keys if key in connection.keys and not self.state.members(key)]
+        connection.keys.difference_update(keys)
+        if not gone:
             return
-        connection.keys.discard(key)
-        if self.state.remove(key, connection):
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._cleanup_timeout):
-                try:
-                    await self.propagator.unsubscribe((key,))
-                except PropagationError as exc:
-                    logger.warning("unsubscribe from %r failed: %s", topic, exc)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._cleanup_timeout):
+            try:
+                await self.propagator.unsubscribe(gone)
+            except PropagationError as exc:
+                logger.warning("unsubscribe from %s failed: %s", gone, exc)
 
     def local_connections(self, user_id: str) -> Collection[Receiver]:
         """This instance's connections of ``user_id``."""
@@ -398,6 +526,27 @@ class Hub:
             waits.append(pending)
         for pending in waits:
             await pending.wait()
+
+    # --- history --------------------------------------------------------------------------
+
+    async def history(self, stream: str, *, after: int = 0, limit: int = 100) -> HistoryPage:
+        """Up to ``limit`` notifications of ``stream`` (a routing key: ``user_key(...)``,
+        ``topic_key(...)``, ``"auth"``, ``"all"``) after offset ``after``, as frames.
+
+        Raises :class:`~notifykit.errors.HistoryOff` when no history is kept,
+        :class:`~notifykit.errors.InvalidNotification` for a negative ``after`` or ``limit``,
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer.
+        """
+        self._check_running()
+        if after < 0 or limit < 0:
+            raise InvalidNotification("after and limit must be 0 or more")
+        found = (await self.propagator.read({stream: after}, limit)).get(stream)
+        if found is None:
+            raise HistoryOff("history is off: no notification is kept")
+        frames = [self._frame(stream, payload) for _, payload in found.entries]
+        return HistoryPage(
+            stream, found.epoch, found.last, found.first, [f for f in frames if f is not None]
+        )
 
     # --- presence (cluster-wide with a Redis presence) ------------------------------------
 

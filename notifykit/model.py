@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import InvalidNotification
-from .wire import BEARER_PREFIX
+from .wire import BEARER_PREFIX, Position
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -29,6 +29,7 @@ __all__ = [
     "BROADCAST_KEY",
     "Handshake",
     "Principal",
+    "StreamHistory",
     "Target",
     "ToAuthenticated",
     "ToEveryone",
@@ -207,17 +208,58 @@ def users(user_ids: Iterable[str]) -> ToUsers:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamHistory:
+    """What a propagator's history holds for one stream (a routing key), read at one instant.
+
+    ``epoch`` names this incarnation of the stream; ``last`` is its last offset (0 before the
+    first notification); ``first`` is the first offset still retained (``last + 1`` when
+    nothing is); ``entries`` are ``(offset, stamped payload)`` pairs after the offset asked
+    for, in offset order, as many as were asked for. ``complete`` is False when ``entries``
+    stops short of ``last`` because of the limit.
+    """
+
+    epoch: str
+    last: int
+    first: int
+    entries: tuple[tuple[int, bytes], ...] = ()
+    complete: bool = True
+
+    @property
+    def position(self) -> Position:
+        """The stream's last position."""
+        return Position(self.epoch, self.last)
+
+    def continues(self, position: Position) -> bool:
+        """True if a client at ``position`` can continue without a gap: same epoch, not ahead,
+        and every entry after it still retained (and read)."""
+        return (
+            position.epoch == self.epoch
+            and position.offset <= self.last
+            and (position.offset == self.last or position.offset + 1 >= self.first)
+            and self.complete
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Handshake:
     """What a client sent when opening a websocket, framework-neutral.
 
     ``headers`` has lower-case names (the last value wins for repeated names); ``query`` is the
     decoded query string; ``subprotocols`` lists the offered ``Sec-WebSocket-Protocol`` entries.
+
+    ``request`` is the framework's own view of the same request, for a
+    :class:`~notifykit.protocols.HandshakeAuthenticator` that needs more than a token (a login
+    session, a user a middleware resolved): the ASGI scope under the ASGI and Django Channels
+    adapters, the ``ServerConnection`` under the ``websockets`` adapter, None elsewhere. Only
+    authentication sees it: the gateway keeps nothing of the handshake once a connection is
+    accepted.
     """
 
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     subprotocols: tuple[str, ...] = ()
     client: str | None = None
+    request: Any = field(default=None, repr=False, compare=False)
 
     def bearer_token(self) -> str | None:
         """The token the client presented, looked for in this order (first found wins):

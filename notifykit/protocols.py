@@ -1,6 +1,8 @@
 """The three seams of notifykit, as ``typing.Protocol`` classes with their contracts.
 
 * :class:`Authenticator` — turns a token into a :class:`~notifykit.model.Principal`.
+* :class:`HandshakeAuthenticator` — the same from the whole handshake (a login session, a
+  cookie, a user the web framework resolved), for servers whose users log in to the host app.
 * :class:`SocketState` — which connections *this instance* holds, under which routing keys.
 * :class:`Propagator` — carries ``(routing key, payload)`` between instances.
 * :class:`Presence` — who is online, across every instance.
@@ -20,11 +22,12 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from .model import Principal
+    from .model import Handshake, Principal, StreamHistory
 
 __all__ = [
     "Authenticator",
     "Deliver",
+    "HandshakeAuthenticator",
     "Presence",
     "Propagator",
     "Receiver",
@@ -37,7 +40,8 @@ Deliver: TypeAlias = Callable[[str, bytes], None]
 """Called by a propagator for every message it receives: ``deliver(routing_key, payload)``.
 
 It is synchronous and never blocks (it only hands frames to bounded per-connection queues), so a
-propagator's reader can call it inline without ever waiting on a slow websocket.
+propagator's reader can call it inline without ever waiting on a slow websocket. With history,
+``payload`` is stamped with its place in the key's stream (:func:`notifykit.envelope.stamp`).
 """
 
 TopicPolicy: TypeAlias = Callable[["Principal", str], bool | Awaitable[bool]]
@@ -55,6 +59,35 @@ class Authenticator(Protocol):
         :class:`~notifykit.errors.AuthenticationError` for any other invalid token; the
         exception's message is shown to the client, so it must not contain secrets.
         Never raises anything else for a bad token, whatever bytes it holds.
+        """
+        ...
+
+
+@runtime_checkable
+class HandshakeAuthenticator(Protocol):
+    """Says who opened a websocket from its whole handshake, not only a bearer token.
+
+    For users who log in to the host application (a session cookie, a user that Starlette's
+    or Django Channels' middleware put in the scope) rather than holding a JWT. The gateway
+    prefers it to :meth:`Authenticator.authenticate` when an authenticator has both; an
+    in-band ``refresh`` frame still goes to ``authenticate(token)``, and is refused if the
+    authenticator has none.
+    """
+
+    cookie_based: bool
+    """True if it trusts credentials a browser sends by itself (cookies): the gateway then
+    requires an ``allowed_origins`` list, since any web page could otherwise open a websocket
+    with the user's cookies (cross-site websocket hijacking)."""
+
+    async def authenticate_handshake(self, handshake: Handshake) -> Principal | None:
+        """Return who ``handshake`` proves, or None if it carries no credentials at all (the
+        gateway then admits the client anonymously if allowed, else closes it with 4001).
+
+        Raises :class:`~notifykit.errors.AuthenticationError` (or
+        :class:`~notifykit.errors.TokenExpired`) for credentials that do not prove anyone;
+        its message is shown to the client. Never raises anything else for bad credentials.
+        ``handshake.request`` is the framework's own request (see
+        :class:`~notifykit.model.Handshake`).
         """
         ...
 
@@ -151,6 +184,17 @@ class Propagator(Protocol):
       Publishing to a key nobody subscribed to succeeds and delivers nothing.
     * ``deliver`` raising is logged and never ends delivery of later payloads.
     * ``healthy`` is False while the backend is unreachable (the service reports "degraded").
+
+    History (optional: a propagator may keep none, then ``read`` returns ``{}``):
+
+    * ``publish`` appends the payload to the stream of each key — offsets 1, 2, 3, ... with no
+      holes, an epoch that changes whenever the stream's history is lost — and delivers it
+      stamped with that place (:func:`notifykit.envelope.stamp`), in offset order per key.
+      Assigning the offset and publishing are one atomic step, so live delivery and history
+      always agree.
+    * ``read`` returns each stream's :class:`~notifykit.model.StreamHistory`; reading a stream
+      that does not exist yet creates its epoch (offset 0), so a position handed to a client is
+      always a real one.
     """
 
     async def start(self, deliver: Deliver) -> None:
@@ -171,6 +215,19 @@ class Propagator(Protocol):
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         """Send ``payload`` to every instance subscribed to any of ``keys`` (once per key)."""
+        ...
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        """Return once every payload published to ``keys`` before this call — by any
+        instance — has been passed to ``deliver`` (for subscribed keys). With history, this
+        is what lets a joining connection take what it holds as everything after a read."""
+        ...
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        """The history of the stream of each key in ``after``: for a key mapped to an offset,
+        with up to ``limit`` entries after it; for a key mapped to None, with none. Keys with
+        no history (all of them when history is off) are left out. Raises
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer."""
         ...
 
     @property

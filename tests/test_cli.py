@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from servers import RedisServer
+from servers import RedisServer, eventually
 from servers_e2e import (
     API_KEY,
     FRAME_TIMEOUT,
@@ -92,6 +92,7 @@ def verify(tok: str, **options: str) -> dict[str, object]:
 # --- token --------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_token_prints_only_a_token_that_verifies() -> None:
     result = run_cli("token", "--user", "42", "--ttl", "60", "--jwt-secret", SECRET)
     assert result.returncode == 0, result.stderr
@@ -134,6 +135,7 @@ def test_token_reads_the_secret_from_the_environment_and_a_flag_overrides_it(
     anyio.run(JWTAuthenticator(secret=other).authenticate, tok)
 
 
+@pytest.mark.e2e
 def test_token_without_a_secret_exits_2_with_one_line_and_no_traceback() -> None:
     result = run_cli("token", "--user", "42")
     assert result.returncode == 2
@@ -294,6 +296,7 @@ def serve_backends(argv: list[str], env: dict[str, str]) -> Backends:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the Redis parts are asyncio-only
 @pytest.mark.parametrize(
     ("variable", "propagator_class"),
     [
@@ -330,6 +333,7 @@ def test_serve_without_redis_propagates_in_memory_under_a_generated_instance_id(
     assert serve_backends(["--instance-id", "pod-7"], {}).instance_id == "pod-7"
 
 
+@pytest.mark.e2e
 def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
     result = run_cli(
         "serve", *KEYS, "--redis-url", "redis://a", env={"NOTIFYKIT_REDIS_CLUSTER_URL": "redis://b"}
@@ -338,6 +342,7 @@ def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
     assert_one_line_error(result.stderr, "not both")
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_password(
     request: pytest.FixtureRequest,
@@ -347,7 +352,8 @@ async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_passwo
     try:
         with log_on_failure(request, srv):
             assert (await health(srv))["status"] == "degraded"
-            await anyio.sleep(0.2)  # let the first reconnection warnings reach the log
+            # The first reconnection warning, which names the Redis address, is in the log:
+            await eventually(lambda: "cannot connect to Redis at" in srv.stderr(), FRAME_TIMEOUT)
             stderr = srv.stderr()
             match = re.search(r"instance (\S+): Redis at (\S+) ", stderr)
             assert match is not None, stderr
@@ -360,6 +366,7 @@ async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_passwo
 
 @pytest.mark.anyio
 @pytest.mark.redis
+@pytest.mark.e2e
 async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -382,6 +389,7 @@ async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
         redis.stop()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -408,6 +416,7 @@ def test_serve_accepts_addresses_and_names_it_can_listen_on(host: str) -> None:
     assert read_settings(args, {}).host == host
 
 
+@pytest.mark.e2e
 def test_version_prints_the_package_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
@@ -420,6 +429,7 @@ def test_token_lives_exactly_its_ttl(capsys: pytest.CaptureFixture[str]) -> None
     assert claims["exp"] == claims["iat"] + 3600  # type: ignore[operator]
 
 
+@pytest.mark.e2e
 def test_jwt_leeway_help_names_the_three_time_claims() -> None:
     assert "exp, nbf and iat" in " ".join(run_cli("serve", "--help").stdout.split())
 
@@ -476,12 +486,14 @@ def test_dev_mode_prints_plain_notifykit_when_that_is_the_one_on_path(
     assert own_command() == ["notifykit"]
 
 
+@pytest.mark.e2e
 def test_serve_without_a_key_exits_2_in_a_real_process() -> None:
     result = run_cli("serve")
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "no JWT key")
 
 
+@pytest.mark.e2e
 def test_serve_on_a_port_in_use_exits_3_without_a_traceback() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -493,6 +505,7 @@ def test_serve_on_a_port_in_use_exits_3_without_a_traceback() -> None:
     assert "address already in use" in result.stderr.lower()
 
 
+@pytest.mark.e2e
 def test_bad_flags_exit_2_without_a_traceback() -> None:
     for argv in (["serve", "--no-such-flag"], ["publish", "--event", "e"], []):
         result = run_cli(*argv)
@@ -501,6 +514,7 @@ def test_bad_flags_exit_2_without_a_traceback() -> None:
         assert "error:" in result.stderr
 
 
+@pytest.mark.e2e
 def test_every_setting_is_documented_with_its_environment_variable() -> None:
     docs = DOCS.read_text()
     help_text = run_cli("serve", "--help").stdout
@@ -530,6 +544,7 @@ async def publish_cli(server: Server, *args: str) -> subprocess.CompletedProcess
         )
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_publish_prints_the_id_of_the_notification_the_user_receives(
     request: pytest.FixtureRequest, server: Server
@@ -547,6 +562,7 @@ async def test_publish_prints_the_id_of_the_notification_the_user_receives(
             assert (frame["event"], frame["data"]) == ("order.shipped", {"id": 7})
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_publish_reaches_each_kind_of_target(
     server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -587,6 +603,7 @@ async def test_publish_reaches_each_kind_of_target(
             assert got == received[id(ws)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -606,6 +623,7 @@ def test_publish_refused_by_the_server_exits_1_with_its_message(
     assert_one_line_error(err, says)
 
 
+@pytest.mark.e2e
 def test_publish_to_nothing_listening_exits_1_with_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = run_cli("publish", "--url", url, "--api-key", "k", "--broadcast", "--event", "e")
@@ -653,6 +671,7 @@ def env_server() -> Iterator[Server]:
     srv.stop()
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_serve_reads_every_setting_from_the_environment(
     request: pytest.FixtureRequest, env_server: Server
@@ -682,6 +701,7 @@ async def test_serve_reads_every_setting_from_the_environment(
             assert (await recv(ws))["code"] == "forbidden"
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_a_flag_overrides_its_environment_variable(env_server: Server) -> None:
     async with client(env_server, token("o"), origin="https://flag.example") as ws:
@@ -693,6 +713,7 @@ async def test_a_flag_overrides_its_environment_variable(env_server: Server) -> 
 # --- dev mode -------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_dev_mode_prints_a_working_token_websocket_url_and_publish_command(
     request: pytest.FixtureRequest,

@@ -44,6 +44,20 @@ from notifykit.wire import (
 
 pytestmark = pytest.mark.anyio
 
+
+class subscribed:
+    """Equal to a ``subscribed`` frame for ``topic`` and ``ref``, whatever its position."""
+
+    def __init__(self, topic: str, ref: str | None = None) -> None:
+        self.topic, self.ref = topic, ref
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Subscribed) and (other.topic, other.ref) == (self.topic, self.ref)
+
+    def __repr__(self) -> str:
+        return f"subscribed({self.topic!r}, {self.ref!r})"
+
+
 SECRET = "gateway-tests-secret-0123456789abcdef"
 AUTH = JWTAuthenticator(secret=SECRET)
 SERVE_TIMEOUT = 10.0  # seconds one serve() may run in these tests
@@ -280,7 +294,7 @@ async def test_an_anonymous_client_if_enabled_receives_broadcasts_only(hub: Hub)
         refused = await request(anonymous, type="subscribe", topic="news")
         assert isinstance(refused, Error)
         assert refused.code == "forbidden"
-        assert (await request(user, type="subscribe", topic="news")) == Subscribed("news")
+        assert (await request(user, type="subscribe", topic="news")) == subscribed("news")
 
         await hub.notify_authenticated("for-authenticated")
         await hub.notify_topic("news", "for-topic")
@@ -347,7 +361,7 @@ async def test_a_topic_allowed_by_a_claim_wildcard_is_subscribed_and_then_delive
     async with connect(gateway, handshake(token(topics=["team:7:*"]))) as client:
         await welcome(client)
         reply = await request(client, type="subscribe", topic="team:7:chat", ref="s1")
-        assert reply == Subscribed("team:7:chat", "s1")
+        assert reply == subscribed("team:7:chat", "s1")
         sent = await hub.notify_topic("team:7:chat", "message.posted", {"text": "hi"})
         note = await next_notification(client)
         assert (note.id, note.event, note.data, note.topic) == (
@@ -392,16 +406,16 @@ async def test_subscribing_past_max_topics_is_forbidden(hub: Hub) -> None:
     gateway = Gateway(hub, AUTH, max_topics=2)
     async with connect(gateway, handshake(token(topics=["*"]))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="a") == Subscribed("a")
-        assert await request(client, type="subscribe", topic="b") == Subscribed("b")
+        assert await request(client, type="subscribe", topic="a") == subscribed("a")
+        assert await request(client, type="subscribe", topic="b") == subscribed("b")
         reply = await request(client, type="subscribe", topic="c")
         assert isinstance(reply, Error)
         assert reply.code == "forbidden"
         assert "2 topics" in reply.message
         # Subscribing again to a topic it holds is not a new topic.
-        assert await request(client, type="subscribe", topic="a") == Subscribed("a")
+        assert await request(client, type="subscribe", topic="a") == subscribed("a")
         assert await request(client, type="unsubscribe", topic="b") == Unsubscribed("b")
-        assert await request(client, type="subscribe", topic="c") == Subscribed("c")
+        assert await request(client, type="subscribe", topic="c") == subscribed("c")
 
 
 async def test_an_async_topic_policy_decides(hub: Hub) -> None:
@@ -412,7 +426,7 @@ async def test_an_async_topic_policy_decides(hub: Hub) -> None:
     gateway = Gateway(hub, AUTH, topic_policy=own_inbox_only)
     async with connect(gateway, handshake(token("42"))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="inbox:42") == Subscribed("inbox:42")
+        assert await request(client, type="subscribe", topic="inbox:42") == subscribed("inbox:42")
         reply = await request(client, type="subscribe", topic="inbox:43")
         assert isinstance(reply, Error)
         assert reply.code == "forbidden"
@@ -437,7 +451,7 @@ async def test_a_topic_policy_that_raises_refuses_and_the_connection_survives(
 async def test_unsubscribe_stops_topic_notifications(hub: Hub, gateway: Gateway) -> None:
     async with connect(gateway, handshake(token("42", topics=["news"]))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
         await hub.notify_topic("news", "before")
         assert (await next_notification(client)).event == "before"
 
@@ -540,28 +554,58 @@ async def test_a_frame_over_max_frame_bytes_gets_frame_too_large(hub: Hub, paddi
 # --- token expiry and refresh -----------------------------------------------------------------
 
 
-async def test_an_expired_token_closes_the_connection_with_4001(hub: Hub, gateway: Gateway) -> None:
-    async with connect(gateway, handshake(token("42", ttl=1))) as client:
+class WallClock:
+    """The wall clock the authenticator and the gateway read, set by the test: a token's
+    expiry comes within milliseconds instead of seconds."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EXPIRES_IN = 0.05  # seconds of (real) time left once the clock is set just before an expiry
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def timed_gateway(hub: Hub, clock: WallClock) -> Gateway:
+    """A gateway whose authenticator and expiry deadlines read ``clock``."""
+    return Gateway(hub, JWTAuthenticator(secret=SECRET, clock=clock), clock=clock)
+
+
+async def test_an_expired_token_closes_the_connection_with_4001(
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
+) -> None:
+    signed = token("42", ttl=60)
+    clock.now = await expiry_of(signed) - EXPIRES_IN
+    async with connect(timed_gateway, handshake(signed)) as client:
         await welcome(client)
-        assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
+        assert (await client.closed()) == (CloseCode.UNAUTHORIZED, "token expired")
     assert_no_state(hub)
 
 
 async def test_a_refresh_for_the_same_user_extends_the_connection(
-    hub: Hub, gateway: Gateway
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
 ) -> None:
-    first = token("42", ttl=1)
+    first = token("42", ttl=60)
     first_expiry = await expiry_of(first)
-    async with connect(gateway, handshake(first)) as client:
+    clock.now = first_expiry - EXPIRES_IN
+    async with connect(timed_gateway, handshake(first)) as client:
         assert (await welcome(client)).expires_at == int(first_expiry)
-        fresh = token("42", ttl=60, topics=["news"])
+        fresh = token("42", ttl=600, topics=["news"])
         reply = await request(client, type="refresh", token=fresh, ref="r1")
         assert reply == Refreshed(int(await expiry_of(fresh)), "r1")
 
-        await anyio.sleep(max(0.0, first_expiry - time.time()) + 0.5)
+        await anyio.sleep(2 * EXPIRES_IN)  # past the first token's expiry
         assert await request(client, type="ping", ref="alive") == Pong("alive")
         # The refreshed claims are the ones the topic policy now sees.
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
         assert client.close_code is None
 
 
@@ -570,8 +614,8 @@ async def test_a_refresh_leaves_the_topics_the_new_token_no_longer_allows(
 ) -> None:
     async with connect(gateway, handshake(token("42", topics=["news", "team:*"]))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
-        assert await request(client, type="subscribe", topic="team:7") == Subscribed("team:7")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
+        assert await request(client, type="subscribe", topic="team:7") == subscribed("team:7")
 
         narrower = token("42", ttl=60, topics=["team:*"])
         # Revoked topics are announced first, without a ref; then the refresh is answered.
@@ -587,17 +631,19 @@ async def test_a_refresh_leaves_the_topics_the_new_token_no_longer_allows(
 
 
 async def test_a_refresh_with_another_users_token_is_forbidden_and_changes_nothing(
-    hub: Hub, gateway: Gateway
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
 ) -> None:
-    async with connect(gateway, handshake(token("42", ttl=1))) as client:
+    signed = token("42", ttl=60)
+    clock.now = await expiry_of(signed) - 10 * EXPIRES_IN
+    async with connect(timed_gateway, handshake(signed)) as client:
         await welcome(client)
-        reply = await request(client, type="refresh", token=token("43", ttl=60), ref="r1")
+        reply = await request(client, type="refresh", token=token("43", ttl=600), ref="r1")
         assert isinstance(reply, Error)
         assert (reply.code, reply.ref) == ("forbidden", "r1")
         assert len(hub.local_connections("42")) == 1
         assert len(hub.local_connections("43")) == 0
-        # Still bound to the first token: it expires at that token's exp, not 60 s later.
-        assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
+        # Still bound to the first token: it expires at that token's exp, not 600 s later.
+        assert (await client.closed()) == (CloseCode.UNAUTHORIZED, "token expired")
 
 
 @pytest.mark.parametrize(
@@ -695,7 +741,7 @@ async def test_cancelling_serve_unregisters_the_connection(hub: Hub, gateway: Ga
         client, transport = memory_websocket()
         tasks.start_soon(serve, gateway, transport, handshake(token("42", topics=["news"])))
         await welcome(client)
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
         assert hub.state.connection_count == 1
         tasks.cancel_scope.cancel()
     assert_no_state(hub)
@@ -742,7 +788,7 @@ async def test_a_thousand_connects_and_disconnects_leave_no_state_and_no_task(hu
                 reply = await client.recv()
                 while isinstance(reply, Notification):  # others' notifications may come first
                     reply = await client.recv()
-                assert reply == Subscribed(topic)
+                assert reply == subscribed(topic)
             if cycle % 4 == 1:  # the server ends it (4400) rather than the client
                 await client.send_text("garbage")
                 await client.send_text("garbage")

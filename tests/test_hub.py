@@ -16,6 +16,7 @@ import pytest
 from notifykit import Hub, InvalidNotification, Principal, PropagationError
 from notifykit.connection import Connection
 from notifykit.memory import MemoryBus, MemoryPropagator
+from notifykit.model import StreamHistory
 from notifykit.protocols import Deliver, Propagator
 from notifykit.testing import inbox
 
@@ -240,6 +241,12 @@ class SlowSubscribe:
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         await self.inner.publish(keys, payload)
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        await self.inner.barrier(keys)
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        return await self.inner.read(after, limit)
 
     @property
     def healthy(self) -> bool:

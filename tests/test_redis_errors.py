@@ -1,9 +1,9 @@
 """No redis-py, socket or timeout error escapes a public method of notifykit.redis.
 
-Every public method and property of RedisPropagator, RedisClusterPropagator and RedisPresence
-(standalone and cluster) is called against a Redis that was killed (connections refused) and
-one that was frozen with SIGSTOP (connections open, nothing answers), on an instance started
-before the fault and on one started during it. Each call returns, raises
+Every public method and property of RedisPropagator, RedisClusterPropagator, RedisPresence and
+RedisSyncPublisher (standalone and cluster) is called against a Redis that was killed
+(connections refused) and one that was frozen with SIGSTOP (connections open, nothing answers),
+on an instance started before the fault and on one started during it. Each call returns, raises
 :class:`~notifykit.errors.PropagationError`, or — only ``subscribe``, which by contract waits
 for Redis to come back — is still waiting when the test stops it. The list of calls is checked
 against the classes' public names, so a new public method cannot go untested.
@@ -21,7 +21,13 @@ import pytest
 from servers import FAST_RECOVERY, Recorder, RedisClusterServers, RedisServer
 
 from notifykit.errors import PropagationError
-from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
+from notifykit.model import ToUsers
+from notifykit.redis import (
+    RedisClusterPropagator,
+    RedisPresence,
+    RedisPropagator,
+    RedisSyncPublisher,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -68,7 +74,7 @@ async def call(name: str, action: Callable[[], Any]) -> Outcome:
 
 
 Calls = dict[str, Callable[[Any], Any]]
-"""Public name → how to call it on an instance (``start`` and ``aclose`` are called apart)."""
+"""Public name → how to call it on an instance (the lifecycle methods are called apart)."""
 
 
 def propagator_calls() -> Calls:
@@ -76,6 +82,8 @@ def propagator_calls() -> Calls:
         "subscribe": lambda p: p.subscribe(["u:2"]),
         "unsubscribe": lambda p: p.unsubscribe(["u:1"]),
         "publish": lambda p: p.publish(["u:1", "u:2"], b"during the fault"),
+        "barrier": lambda p: p.barrier(["u:1"]),
+        "read": lambda p: p.read({"u:1": None, "u:2": 0}, 10),
         "healthy": lambda p: p.healthy,
         "statistics": lambda p: p.statistics(),
         "address": lambda p: p.address,
@@ -95,6 +103,17 @@ def presence_calls() -> Calls:
     }
 
 
+def sync_publisher_calls() -> Calls:
+    return {
+        "publish": lambda p: p.publish(ToUsers(("ada",)), "during"),
+        "notify_user": lambda p: p.notify_user("ada", "during"),
+        "notify_users": lambda p: p.notify_users(["ada", "bob"], "during"),
+        "notify_topic": lambda p: p.notify_topic("news", "during"),
+        "notify_authenticated": lambda p: p.notify_authenticated("during"),
+        "broadcast": lambda p: p.broadcast("during"),
+    }
+
+
 @dataclass
 class Subject:
     """A class under test, how to build it on a URL, its calls, and how to prepare it."""
@@ -104,6 +123,13 @@ class Subject:
     calls: Calls
     start: Callable[[Any], Awaitable[None]]
     prepare: Callable[[Any], Awaitable[None]]
+    close: str = "aclose"
+    """The name of the method that ends its lifecycle."""
+
+    @property
+    def lifecycle(self) -> set[str]:
+        """The public names called apart from :attr:`calls`."""
+        return {"start", self.close} if self.close == "aclose" else {self.close}
 
 
 async def start_propagator(propagator: Any) -> None:
@@ -120,6 +146,14 @@ async def start_presence(presence: Any) -> None:
 
 async def connect_one(presence: Any) -> None:
     await presence.connected("ada", "c1")
+
+
+async def nothing(instance: Any) -> None:
+    """A sync publisher has nothing to start: it connects when constructed or first used."""
+
+
+async def publish_one(publisher: Any) -> None:
+    publisher.notify_user("ada", "before")
 
 
 SUBJECTS = {
@@ -151,12 +185,28 @@ SUBJECTS = {
         start_presence,
         connect_one,
     ),
+    "RedisSyncPublisher": Subject(
+        RedisSyncPublisher,
+        lambda url: RedisSyncPublisher(url, prefix="nk-errors", timeout=0.25),
+        sync_publisher_calls(),
+        nothing,
+        publish_one,
+        close="close",
+    ),
+    "RedisSyncPublisher-cluster": Subject(
+        RedisSyncPublisher,
+        lambda url: RedisSyncPublisher(url, prefix="nk-errors", timeout=0.25, cluster=True),
+        sync_publisher_calls(),
+        nothing,
+        publish_one,
+        close="close",
+    ),
 }
 
 
 @pytest.mark.parametrize("subject", SUBJECTS.values(), ids=SUBJECTS.keys())
 def test_every_public_name_is_exercised(subject: Subject) -> None:
-    assert set(subject.calls) | {"start", "aclose"} == public_names(subject.cls)
+    assert set(subject.calls) | subject.lifecycle == public_names(subject.cls)
 
 
 @dataclass
@@ -218,7 +268,7 @@ async def test_no_redis_error_escapes_a_public_method_during_an_outage(
                 outcomes.append(await call(method, lambda a=action, i=instance: a(i)))
     finally:
         for instance in (before, during):
-            outcomes.append(await call("aclose", instance.aclose))
+            outcomes.append(await call(subject.close, getattr(instance, subject.close)))
 
     wrong = [o for o in outcomes if not o.allowed]
     assert not wrong, "\n".join(

@@ -64,7 +64,17 @@ def build_backends(settings: Settings) -> Backends:
             if getattr(settings, name) is not None:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} needs --redis-url or --redis-cluster-url")
-        return Backends(None, None, instance_id, "in-memory propagation (a single instance)")
+        from ..memory import MemoryPropagator
+
+        memory = MemoryPropagator(
+            history_size=settings.history_size, history_ttl=settings.history_ttl
+        )
+        return Backends(
+            memory,
+            None,
+            instance_id,
+            f"in-memory propagation (a single instance); {_history(settings)}",
+        )
 
     cluster = not settings.redis_url
     prefix = settings.redis_prefix if settings.redis_prefix is not None else DEFAULT_REDIS_PREFIX
@@ -92,6 +102,12 @@ def build_backends(settings: Settings) -> Backends:
     kind = "Redis Cluster" if cluster else "Redis"
     description = f"{kind} at {where} (prefix {prefix!r}, presence ttl {ttl:g} s)"
     return Backends(propagator, presence, instance_id, description)
+
+
+def _history(settings: Settings) -> str:
+    if settings.history_size == 0:
+        return "no history"
+    return f"history: {settings.history_size} per stream, {settings.history_ttl:g} s"
 
 
 def _where(url: str, flag: str) -> str:

@@ -139,6 +139,19 @@ SETTINGS: Mapping[str, Setting] = {
         minimum=0,
         exclusive=True,
     ),
+    "history_size": Setting(
+        "int",
+        100,
+        "notifications kept per stream for resume and GET /history (0: no history)",
+        minimum=0,
+    ),
+    "history_ttl": Setting(
+        "float",
+        3600.0,
+        "seconds a notification (and an idle stream) is kept in history",
+        minimum=0,
+        exclusive=True,
+    ),
     "instance_id": Setting(
         "str",
         None,
@@ -186,6 +199,8 @@ class Settings:
     redis_cluster_url: str | None = None
     redis_prefix: str | None = None
     presence_ttl: float | None = None
+    history_size: int = 100
+    history_ttl: float = 3600.0
     instance_id: str | None = None
     dev: bool = False
     demo: bool = False

@@ -20,6 +20,7 @@ from ._subscribers import Subscribers
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
+    from ..model import StreamHistory
     from ..protocols import Deliver
     from ._connection import Settings
 
@@ -117,6 +118,16 @@ class RedisPropagatorBase:
             return
         self._subscribers.unsubscribe(keys)
         await asyncio.sleep(0)
+
+    # --- history (none yet on Redis) -------------------------------------------------------
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        """No history yet on Redis: nothing to wait for."""
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        """No history yet on Redis: ``{}`` (clients are told positions only when a history is
+        kept; a resume is answered ``recovered: false``)."""
+        return {}
 
     # --- publishing -----------------------------------------------------------------------
 

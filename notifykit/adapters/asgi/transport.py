@@ -46,7 +46,8 @@ __all__ = ["ASGITransport", "WebSocketEndpoint", "handshake_from_scope"]
 
 
 def handshake_from_scope(scope: Scope) -> Handshake:
-    """Build a :class:`~notifykit.model.Handshake` from an ASGI websocket scope."""
+    """Build a :class:`~notifykit.model.Handshake` from an ASGI websocket scope (which becomes
+    its ``request``: a session or user a middleware put there is there for the authenticator)."""
     headers = {
         name.decode("latin-1").lower(): value.decode("latin-1")
         for name, value in scope.get("headers", ())
@@ -58,6 +59,7 @@ def handshake_from_scope(scope: Scope) -> Handshake:
         query=query,
         subprotocols=tuple(scope.get("subprotocols", ())),
         client=f"{client[0]}:{client[1]}" if client else None,
+        request=scope,
     )
 
 
