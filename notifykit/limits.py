@@ -38,7 +38,7 @@ __all__ = [
     "positive_rate",
 ]
 
-DEFAULT_MAX_CONNECTIONS = 20_000
+DEFAULT_MAX_CONNECTIONS = 10_000
 """Connections one gateway serves at once; one more is closed with ``1013``."""
 DEFAULT_MAX_USER_CONNECTIONS = 100
 """Connections of one user one gateway serves at once; one more is closed with ``4409``."""
