@@ -192,7 +192,7 @@ async def test_a_frame_far_over_the_transport_limit_gets_its_1009_close_frame(
     """The refused frame is still arriving when the server closes: before the server read and
     discarded the rest, the kernel's reset destroyed the close frame half the time."""
     for attempt in range(10):
-        async with client(server, token("oversized")) as ws:
+        async with client(server, token(f"oversized-{attempt}")) as ws:
             await welcome(ws)
             await ws.send("x" * 4_000_000)
             code, _, _ = await closed(ws)
