@@ -410,9 +410,11 @@ class Gateway:
         metrics["rate_limit_closes"] += 1
         self._log.warning(
             "rate_limit",
-            "closing connection %s (4429): it kept sending more than %g frames a second",
+            "closed connection %s with 4429: it kept sending more than %g frames a second "
+            "(max_frame_rate) after %d rate_limited errors (frame_burst)",
             connection.id,
             self.max_frame_rate,
+            self.frame_burst,
         )
         connection.close(CloseCode.RATE_LIMITED, "too many frames; slow down")
 

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +19,7 @@ import pytest
 from memory_transport import MemoryClient, ServerClosed, memory_websocket
 
 from notifykit import CloseCode, Hub, JWTAuthenticator, Principal, mint_token
-from notifykit.cli import main
+from notifykit.cli import SETTINGS, main
 from notifykit.cli.serve import build_app
 from notifykit.cli.settings import Settings
 from notifykit.errors import ConfigurationError, InvalidNotification
@@ -439,3 +440,49 @@ def test_serve_builds_its_gateway_with_the_limit_settings() -> None:
     defaults = build_app(Hub(), AUTH, Settings()).gateway
     assert (defaults.slots.total, defaults.slots.per_user) == (10_000, 100)
     assert (defaults.max_frame_rate, defaults.frame_burst) == (50.0, 100)
+
+
+# --- docs/security.md -------------------------------------------------------------------------
+
+SECURITY_DOC = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+LIMIT_SETTINGS = (
+    "max_connections",
+    "max_user_connections",
+    "max_frame_rate",
+    "frame_burst",
+    "max_frame_bytes",
+    "queue_size",
+    "queue_bytes",
+    "close_timeout",
+    "max_publish_bytes",
+    "max_data_bytes",
+    "header_timeout",
+    "shutdown_timeout",
+    "jwt_leeway",
+    "allow_origin",
+)
+VIOLATION_COUNTERS = (
+    "connection_limit_refusals",
+    "user_limit_refusals",
+    "rate_limited_frames",
+    "rate_limit_closes",
+    "data_size_refusals",
+    "origin_refusals",
+    "auth_failures",
+    "bad_frames",
+    "slow_consumer_closes",
+    "aborted_connections",
+)
+
+
+def test_the_security_doc_lists_every_limit_setting_close_code_and_counter() -> None:
+    doc = SECURITY_DOC.read_text(encoding="utf-8")
+    for dest in LIMIT_SETTINGS:
+        assert dest in SETTINGS, dest
+        assert f"--{dest.replace('_', '-')}" in doc, dest
+    for code in CloseCode:
+        if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.INTERNAL_ERROR):
+            assert f"`{code.value}`" in doc, code
+    assert "`rate_limited`" in doc
+    for counter in VIOLATION_COUNTERS:
+        assert f"`{counter}`" in doc, counter
