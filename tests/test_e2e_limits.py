@@ -7,7 +7,6 @@ no pause of the machine can let a frame through that the test expects refused.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +16,6 @@ from servers_e2e import (
     FRAME_TIMEOUT,
     SECRET,
     Server,
-    _start,
     client,
     closed,
     log_on_failure,
@@ -143,25 +141,8 @@ async def test_a_connection_beyond_max_connections_is_closed_1013(
 def serve_after(shell: str, *flags: str) -> Server:
     """``notifykit serve <flags>`` started by ``sh -c '<shell> && exec ...'`` (e.g. a
     ``ulimit``), on a free port; returns once ``/healthz`` answers."""
-    return _start(
-        lambda port: [
-            "sh",
-            "-c",
-            f'{shell} && exec "$0" "$@"',
-            sys.executable,
-            "-m",
-            "notifykit",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *BASE_FLAGS,
-            *flags,
-        ],
-        env=None,
-        health_path="/healthz",
-    )
+    launcher = ("sh", "-c", f'{shell} && exec "$0" "$@"')
+    return start_serve(*BASE_FLAGS, *flags, launcher=launcher)
 
 
 def test_serve_warns_when_the_open_file_limit_cannot_fit_max_connections() -> None:

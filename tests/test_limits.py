@@ -8,7 +8,6 @@ machine is. Each limit is shown refusing what is beyond it and accepting what is
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from memory_transport import MemoryClient, ServerClosed, memory_websocket
 
 from notifykit import CloseCode, Hub, JWTAuthenticator, Principal, mint_token
-from notifykit.cli import SETTINGS, main
+from notifykit.cli import SETTINGS
 from notifykit.cli.serve import build_app
 from notifykit.cli.settings import Settings
 from notifykit.errors import ConfigurationError, InvalidNotification
@@ -396,38 +395,6 @@ def test_connection_slots_count_per_user_and_forget_users_without_connections() 
 
 
 # --- serve's settings -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("argv", "env", "says"),
-    [
-        (["--max-connections", "0"], {}, "--max-connections"),
-        ([], {"NOTIFYKIT_MAX_USER_CONNECTIONS": "0"}, "NOTIFYKIT_MAX_USER_CONNECTIONS"),
-        (["--max-frame-rate", "0"], {}, "--max-frame-rate"),
-        (["--max-frame-rate", "nan"], {}, "--max-frame-rate"),
-        (["--frame-burst", "0"], {}, "--frame-burst"),
-        (["--frame-burst", "1.5"], {}, "--frame-burst"),
-        (["--max-data-bytes", "3"], {}, "--max-data-bytes"),
-    ],
-)
-def test_serve_refuses_limits_that_cannot_work(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    argv: list[str],
-    env: dict[str, str],
-    says: str,
-) -> None:
-    for name in list(os.environ):
-        if name.startswith("NOTIFYKIT_"):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert main(["serve", "--jwt-secret", SECRET, "--api-key", "k", *argv]) == 2
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err.startswith("notifykit: error: ")
-    assert says in err
-    assert err.count("\n") == 1
 
 
 def test_serve_builds_its_gateway_with_the_limit_settings() -> None:
