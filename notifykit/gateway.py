@@ -74,6 +74,19 @@ __all__ = ["Gateway"]
 
 logger = logging.getLogger("notifykit.gateway")
 
+_VIOLATIONS = (
+    "connection_limit_refusals",
+    "user_limit_refusals",
+    "rate_limited_frames",
+    "rate_limit_closes",
+    "origin_refusals",
+    "auth_failures",
+    "bad_frames",
+    "slow_consumer_closes",
+    "aborted_connections",
+)
+"""The hub counters of what clients did beyond the limits (docs/security.md)."""
+
 
 class Gateway:
     """Serves websocket connections for a :class:`~notifykit.hub.Hub`.
@@ -160,6 +173,8 @@ class Gateway:
         self.close_timeout = float(close_timeout)
         self.clock = clock
         self.monotonic = monotonic
+        for counter in _VIOLATIONS:  # reported (as 0) before the first one
+            hub.metrics[counter] += 0
         self._log = ThrottledLog(logger, clock=monotonic)
         # The one reply to every frame beyond the rate: encoded once.
         self._rate_limited = encode(

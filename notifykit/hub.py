@@ -143,6 +143,7 @@ class Hub:
         self.max_data_bytes = at_least("max_data_bytes", max_data_bytes, 1)
         """The largest ``data`` :meth:`publish` sends, in bytes of encoded JSON."""
         self._log = ThrottledLog(logger)
+        self.metrics["data_size_refusals"] = 0  # reported (as 0) before the first one
         self._ids = IdGenerator()
         self._pending: dict[str, _Pending] = {}
         self._running = False

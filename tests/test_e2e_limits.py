@@ -126,6 +126,12 @@ async def test_a_connection_beyond_max_connections_is_closed_1013(
     server = start_serve(*BASE_FLAGS, "--max-connections", "2")
     try:
         with log_on_failure(request, server):
+            # Every violation counter is reported, as 0, before the first violation.
+            counters = await metrics(server)
+            for counter in ("connection_limit", "user_limit", "data_size", "rate_limit"):
+                found = [v for k, v in counters.items() if k.startswith(f"notifykit_{counter}")]
+                assert found, counter
+                assert set(found) == {0}, counter
             async with client(server, token("a")) as a, client(server, token("b")) as b:
                 await welcome(a)
                 await welcome(b)
