@@ -44,8 +44,9 @@ DEFAULT_MAX_USER_CONNECTIONS = 100
 """Connections of one user one gateway serves at once; one more is closed with ``4409``."""
 DEFAULT_MAX_FRAME_RATE = 50.0
 """Client frames per second one connection may send, on average."""
-DEFAULT_FRAME_BURST = 100
-"""Client frames one connection may send at once (the token bucket's size)."""
+DEFAULT_FRAME_BURST = 200
+"""Client frames one connection may send at once (the token bucket's size): room for a client
+that subscribes to its 100 topics (the default ``max_topics``) right after its welcome."""
 DEFAULT_MAX_DATA_BYTES = 64 * 1024
 """The largest ``data`` a notification may carry, in bytes of encoded JSON (UTF-8)."""
 

@@ -26,7 +26,7 @@ from notifykit.gateway import Gateway
 from notifykit.limits import ConnectionSlots, ThrottledLog
 from notifykit.model import Handshake
 from notifykit.testing import inbox
-from notifykit.wire import SUBPROTOCOL, Error, ErrorCode, Pong, Welcome
+from notifykit.wire import SUBPROTOCOL, Error, ErrorCode, Pong, Subscribed, Welcome
 
 pytestmark = pytest.mark.anyio
 
@@ -45,20 +45,24 @@ class Ticks:
         return self.now
 
 
-def handshake(user: str | None) -> Handshake:
-    headers = {} if user is None else {"authorization": f"Bearer {mint_token(user, secret=SECRET)}"}
-    return Handshake(headers=headers, subprotocols=(SUBPROTOCOL,))
+def handshake(user: str | None, **claims: Any) -> Handshake:
+    if user is None:
+        return Handshake(subprotocols=(SUBPROTOCOL,))
+    signed = mint_token(user, secret=SECRET, claims=claims or None)
+    return Handshake(headers={"authorization": f"Bearer {signed}"}, subprotocols=(SUBPROTOCOL,))
 
 
 @asynccontextmanager
-async def opened(gateway: Gateway, user: str | None = "42") -> AsyncIterator[MemoryClient]:
+async def opened(
+    gateway: Gateway, user: str | None = "42", **claims: Any
+) -> AsyncIterator[MemoryClient]:
     """One websocket served by ``gateway``; on exit the client leaves and ``serve`` has
     returned."""
     client, transport = memory_websocket()
 
     async def serve() -> None:
         with anyio.fail_after(SERVE_TIMEOUT):
-            await gateway.serve(transport, handshake(user))
+            await gateway.serve(transport, handshake(user, **claims))
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(serve)
@@ -264,17 +268,23 @@ async def test_a_client_within_the_rate_is_never_limited(hub: Hub) -> None:
     assert hub.metrics["rate_limited_frames"] == 0
 
 
-async def test_the_default_rate_allows_a_burst_of_100_frames(hub: Hub) -> None:
+async def test_by_default_a_client_may_subscribe_to_its_100_topics_and_more_at_once(
+    hub: Hub,
+) -> None:
     ticks = Ticks()
     gateway = Gateway(hub, AUTH, monotonic=ticks)
-    async with opened(gateway) as client:
+    async with opened(gateway, "42", topics=["t:*"]) as client:
         await welcomed(client)
+        for n in range(100):
+            await client.send_json({"type": "subscribe", "topic": f"t:{n}", "ref": str(n)})
         for n in range(101):
             await client.send_json({"type": "ping", "ref": str(n)})
-        replies = [await client.recv() for _ in range(101)]
-        assert replies[:100] == [Pong(str(n)) for n in range(100)]
-        assert isinstance(replies[100], Error)
-        assert replies[100].code == "rate_limited"
+        replies = [await client.recv() for _ in range(201)]
+        assert all(isinstance(r, Subscribed) for r in replies[:100])
+        assert replies[100:200] == [Pong(str(n)) for n in range(100)]
+        assert replies[200] == Error(
+            "rate_limited", "more than 50 frames a second (bursts of 200): frame ignored; slow down"
+        )
 
 
 # --- the log ----------------------------------------------------------------------------------
@@ -406,7 +416,7 @@ def test_serve_builds_its_gateway_with_the_limit_settings() -> None:
     assert (gateway.max_frame_rate, gateway.frame_burst) == (2.5, 9)
     defaults = build_app(Hub(), AUTH, Settings()).gateway
     assert (defaults.slots.total, defaults.slots.per_user) == (10_000, 100)
-    assert (defaults.max_frame_rate, defaults.frame_burst) == (50.0, 100)
+    assert (defaults.max_frame_rate, defaults.frame_burst) == (50.0, 200)
 
 
 # --- docs/security.md -------------------------------------------------------------------------
