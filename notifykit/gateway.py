@@ -28,6 +28,7 @@ from .errors import (
     PropagationError,
     ProtocolError,
 )
+from .metrics import count_end
 from .model import Handshake, Principal, topic_key, validate_topic
 from .topics import claim_topics_policy
 from .wire import (
@@ -208,6 +209,7 @@ class Gateway:
                 await self.hub.detach(connection)
             connection.release()
             metrics["connections_closed"] += 1
+            count_end(metrics, connection)
 
     async def _converse(
         self,

@@ -37,6 +37,7 @@ from .errors import (
     PropagationError,
 )
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
+from .metrics import LatencyHistogram
 from .model import (
     Target,
     ToAuthenticated,
@@ -134,7 +135,12 @@ class Hub:
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
         self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.metrics: Counter[str] = Counter()
-        """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
+        """Monotonic counters (``notifications_published``, ``frames_delivered``...); see
+        :mod:`notifykit.metrics`."""
+        self.latency = LatencyHistogram()
+        """Seconds from a notification's creation (its ``ts``) to its frame being handed to
+        this instance's connections: per payload received (sampled under load), never per
+        connection."""
         self._subscribe_timeout = _check_timeout("subscribe_timeout", subscribe_timeout)
         self._cleanup_timeout = _check_timeout("cleanup_timeout", cleanup_timeout)
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
@@ -265,7 +271,8 @@ class Hub:
         if not members:
             return
         last, exclude, position, frame = self._unpacked
-        if payload is not last:
+        fresh = payload is not last
+        if fresh:
             try:
                 exclude, position, frame = unpack(payload)
             except ValueError:
@@ -293,6 +300,11 @@ class Hub:
                 connection.offer(frame)
                 sent += 1
         self.metrics["frames_delivered"] += sent
+        if fresh:  # per payload, sampled (an in-process publish to several keys: the first)
+            latency = self.latency
+            latency.countdown -= 1
+            if latency.countdown <= 0:
+                latency.observe_frame(frame)
 
     def _frame(self, key: str, payload: bytes) -> str | None:
         """The frame of a stamped payload read from ``key``'s history (None if malformed)."""
