@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from . import connlog
 from .wire import CloseCode
 
 if TYPE_CHECKING:
@@ -126,7 +127,12 @@ class Connection:
                 self._gone()
                 return
             except Exception:
-                logger.exception("sending to connection %s failed", self.id)
+                logger.exception(
+                    "sending to connection %s of user %r failed",
+                    self.id,
+                    self.principal.user_id,
+                    extra=connlog.fields(self),
+                )
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
             self._direct = False  # the transport must wait: queue, and a writer takes over

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
+from . import connlog
 from .envelope import Envelope, IdGenerator, pack, unpack
 from .errors import (
     ConfigurationError,
@@ -346,7 +347,13 @@ class Hub:
                 await self.presence.connected(user_id, connection.id)
             except PropagationError as exc:
                 # Not fatal: delivery works, and the presence heartbeat registers it later.
-                logger.warning("presence could not record %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not record %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=connlog.fields(connection),
+                )
         return registration
 
     async def _catch_up(
@@ -436,7 +443,13 @@ class Hub:
             try:
                 await self.presence.disconnected(user_id, connection.id)
             except PropagationError as exc:
-                logger.warning("presence could not forget %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not forget %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=connlog.fields(connection),
+                )
 
     async def subscribe(
         self,
