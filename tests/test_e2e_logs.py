@@ -7,6 +7,7 @@ Everything the server prints, on stdout and stderr, from start to exit, is searc
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -69,9 +70,18 @@ def expired(user: str) -> str:
     return jwt.encode({"sub": user, "iat": now - 120, "exp": now - 60}, SECRET, "HS256")
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
-    srv = start_serve("--jwt-secret", SECRET, "--api-key", API_KEY, "--log-level", "debug")
+@pytest.fixture(params=["text", "json"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    srv = start_serve(
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--log-level",
+        "debug",
+        "--log-format",
+        request.param,
+    )
     yield srv
     srv.stop()
 
@@ -143,3 +153,33 @@ async def test_debug_logs_name_connections_and_users_and_hold_no_token_or_key(
     for connection_id, user in accepted:
         lines = [line for line in logs.splitlines() if connection_id in line]
         assert any(f"user {user!r}" in line for line in lines), (connection_id, logs)
+
+
+async def test_json_logs_are_one_object_per_line_with_the_connection_s_fields() -> None:
+    server = start_serve(
+        "--jwt-secret", SECRET, "--api-key", API_KEY, "--log-level", "debug", "--log-format", "json"
+    )
+    try:
+        accepted = await exercise(server, Secrets())
+        logs = output_until_exit(server)
+    finally:
+        server.stop()
+    entries = [json.loads(line) for line in logs.splitlines()]  # every line is one object
+    assert {"uvicorn.access", "uvicorn.error", "notifykit.gateway"} <= {
+        e["logger"] for e in entries
+    }
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+    for connection_id, user in accepted:
+        about = [e for e in entries if e.get("connection_id") == connection_id]
+        assert {e["user_id"] for e in about} == {user}
+        closing = [e for e in about if "close_code" in e]
+        assert [e["close_code"] for e in closing] == [None]  # each client closed by itself
+    refusals = [e for e in entries if e["message"].startswith("refused a connection")]
+    assert len(refusals) == 9
+    assert {e["close_code"] for e in refusals} == {4001}
+    access = [e for e in entries if e["logger"] == "uvicorn.access"]
+    assert {(e["method"], e["path"], e["status"]) for e in access} >= {
+        ("POST", "/publish", 202),
+        ("POST", "/publish", 401),
+    }

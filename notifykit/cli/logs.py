@@ -31,11 +31,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LOG_FORMATS", "REDACTED", "JSONFormatter", "RedactTokens", "logging_config", "redact"]
+__all__ = ["REDACTED", "JSONFormatter", "RedactTokens", "logging_config", "redact"]
 
 REDACTED = "[redacted]"
-LOG_FORMATS = ("text", "json")
-"""The values of ``--log-format``."""
 
 _SECRETS = re.compile(
     r"""

@@ -213,7 +213,7 @@ def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
         ws=GuardedWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes * WS_SIZE_FACTOR,
         lifespan="on",
-        log_config=logging_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.close_timeout),  # uvicorn takes an int
     )
