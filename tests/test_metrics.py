@@ -31,6 +31,7 @@ from test_gateway import connect, handshake, read_until_closed, token, welcome
 from notifykit import CloseCode, ConfigurationError, Hub, JWTAuthenticator
 from notifykit.adapters.asgi import NotifyApp
 from notifykit.adapters.asgi.app import METRICS_MISSING
+from notifykit.adapters.asgi.metrics import metrics_registry
 from notifykit.envelope import Envelope, IdGenerator, pack
 from notifykit.memory import MemoryPropagator
 from notifykit.metrics import MAX_OBSERVATIONS, LatencyHistogram, created_ms
@@ -403,3 +404,20 @@ async def test_a_redis_propagator_s_figures_are_served(redis_server: RedisServer
     assert sample(found, "notifykit_notifications_published") == 0  # published by the other
     assert sample(found, "notifykit_notifications_delivered") == 1
     assert histogram(found, "notifykit_delivery_latency_seconds")[1] == 1
+
+
+# httpx's ASGITransport leaves prometheus_client's app an unfinished request body on trio.
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_registry_serves_the_same_metrics_through_prometheus_client_s_own_app() -> None:
+    """docs/metrics.md: a host without NotifyApp mounts make_asgi_app(metrics_registry(hub))."""
+    async with Hub() as hub, inbox(hub, "42"):
+        await hub.notify_user("42", "e")
+        app = prometheus_client.make_asgi_app(metrics_registry(hub))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://nk"
+        ) as http:
+            response = await http.get("/")
+    check_exposition(response.text)
+    found = {family.name: family for family in text_string_to_metric_families(response.text)}
+    assert sample(found, "notifykit_notifications_delivered") == 1
+    assert sample(found, "notifykit_connections") == 1

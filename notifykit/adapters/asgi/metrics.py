@@ -244,7 +244,7 @@ class HubCollector(Collector):
             "1 while the propagator and presence reach their backends (/readyz answers 200).",
             value=1 if hub.healthy else 0,
         )
-        counters = hub.metrics
+        counters = dict(hub.metrics)  # one consistent copy for the whole scrape
         yield CounterMetricFamily(
             PREFIX + "connections_opened",
             "Websocket connections accepted.",
