@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from . import connlog
+from .connlog import log_fields
 from .wire import CloseCode
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class Connection:
                     "sending to connection %s of user %r failed",
                     self.id,
                     self.principal.user_id,
-                    extra=connlog.fields(self),
+                    extra=log_fields(self),
                 )
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return

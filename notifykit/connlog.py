@@ -21,7 +21,14 @@ from .wire import CloseCode
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["closed", "fields", "opened", "refresh_refused", "refreshed", "refused"]
+__all__ = [
+    "log_closed",
+    "log_fields",
+    "log_opened",
+    "log_refresh_refused",
+    "log_refreshed",
+    "log_refused",
+]
 
 logger = logging.getLogger("notifykit.gateway")
 
@@ -29,13 +36,13 @@ _ORDINARY = frozenset({None, CloseCode.NORMAL, CloseCode.GOING_AWAY})
 """Ends that are part of a connection's normal life: the client left, 1000, 1001."""
 
 
-def fields(connection: Connection, **more: Any) -> dict[str, Any]:
+def log_fields(connection: Connection, **more: Any) -> dict[str, Any]:
     """The ``extra`` of a log line about ``connection``: its ``connection_id`` and
     ``user_id`` (None for an anonymous one), and ``more``."""
     return {"connection_id": connection.id, "user_id": connection.principal.user_id, **more}
 
 
-def opened(connection: Connection, client: str | None) -> None:
+def log_opened(connection: Connection, client: str | None) -> None:
     """Log a connection accepted and about to register."""
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
@@ -43,11 +50,11 @@ def opened(connection: Connection, client: str | None) -> None:
             connection.id,
             connection.principal.user_id,
             client or "an unknown address",
-            extra=fields(connection, client=client),
+            extra=log_fields(connection, client=client),
         )
 
 
-def closed(connection: Connection) -> None:
+def log_closed(connection: Connection) -> None:
     """Log the end of a connection: its close code and reason, or that the client left."""
     code = connection.close_code
     level = logging.DEBUG if code in _ORDINARY else logging.INFO
@@ -60,11 +67,11 @@ def closed(connection: Connection) -> None:
         connection.id,
         connection.principal.user_id,
         how,
-        extra=fields(connection, close_code=code, reason=connection.close_reason or None),
+        extra=log_fields(connection, close_code=code, reason=connection.close_reason or None),
     )
 
 
-def refused(code: int, reason: str, client: str | None) -> None:
+def log_refused(code: int, reason: str, client: str | None) -> None:
     """Log a handshake refused with ``code`` (4001, 4003, 4400, 1013) and ``reason``."""
     logger.info(
         "refused a connection from %s: %d %s",
@@ -75,23 +82,23 @@ def refused(code: int, reason: str, client: str | None) -> None:
     )
 
 
-def refreshed(connection: Connection) -> None:
+def log_refreshed(connection: Connection) -> None:
     """Log a connection's token replaced by an in-band refresh."""
     logger.debug(
         "connection %s of user %r refreshed its token (expires at %s)",
         connection.id,
         connection.principal.user_id,
         connection.principal.expires_at,
-        extra=fields(connection, expires_at=connection.principal.expires_at),
+        extra=log_fields(connection, expires_at=connection.principal.expires_at),
     )
 
 
-def refresh_refused(connection: Connection, reason: str) -> None:
+def log_refresh_refused(connection: Connection, reason: str) -> None:
     """Log an in-band refresh refused for ``reason``."""
     logger.info(
         "connection %s of user %r: refresh refused: %s",
         connection.id,
         connection.principal.user_id,
         reason,
-        extra=fields(connection, reason=reason),
+        extra=log_fields(connection, reason=reason),
     )

@@ -19,8 +19,15 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from . import connlog
 from .connection import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE, Connection
+from .connlog import (
+    log_closed,
+    log_fields,
+    log_opened,
+    log_refresh_refused,
+    log_refreshed,
+    log_refused,
+)
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -196,7 +203,7 @@ class Gateway:
         del handshake  # nothing of the request stays alive as long as the connection
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
-        connlog.opened(connection, client)
+        log_opened(connection, client)
         try:
             async with anyio.create_task_group() as writers:
                 await self._converse(connection, transport, writers, resume)
@@ -207,7 +214,7 @@ class Gateway:
                         "closing slow consumer %s of user %r",
                         connection.id,
                         connection.user_id,
-                        extra=connlog.fields(connection),
+                        extra=log_fields(connection),
                     )
                 deadline = anyio.current_time() + self.close_timeout
                 flushed = True
@@ -226,7 +233,7 @@ class Gateway:
             connection.release()
             metrics["connections_closed"] += 1
             count_end(metrics, connection)
-            connlog.closed(connection)
+            log_closed(connection)
 
     async def _converse(
         self,
@@ -267,7 +274,7 @@ class Gateway:
                 connection.id,
                 connection.user_id,
                 exc,
-                extra=connlog.fields(connection),
+                extra=log_fields(connection),
             )
             connection.release()  # drop the queued welcome: it must not be sent
             connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
@@ -276,7 +283,7 @@ class Gateway:
                 "connection %s of user %r failed",
                 connection.id,
                 connection.user_id,
-                extra=connlog.fields(connection),
+                extra=log_fields(connection),
             )
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
@@ -301,7 +308,7 @@ class Gateway:
             connection.user_id,
             code,
             self.close_timeout,
-            extra=connlog.fields(connection, close_code=code),
+            extra=log_fields(connection, close_code=code),
         )
 
     async def _refuse(
@@ -312,7 +319,7 @@ class Gateway:
         reason: str,
         client: str | None,
     ) -> None:
-        connlog.refused(code, reason, client)
+        log_refused(code, reason, client)
         # Accept only to close at once: browsers cannot read why a handshake was refused, but
         # they can read a close code and reason.
         await transport.accept(subprotocol)
@@ -417,14 +424,14 @@ class Gateway:
         try:
             principal = await self._by_token(token)
         except AuthenticationError as exc:
-            connlog.refresh_refused(connection, str(exc))
+            log_refresh_refused(connection, str(exc))
             return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
         if principal.user_id != connection.principal.user_id:
-            connlog.refresh_refused(connection, "the token is for another user")
+            log_refresh_refused(connection, "the token is for another user")
             return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
         connection.principal = principal
         expiry.deadline = self._deadline(principal)
-        connlog.refreshed(connection)
+        log_refreshed(connection)
         # The new token decides from now on: leave the topics it no longer allows, each
         # announced with an unsubscribed frame (no ref: the server initiated it).
         for topic in sorted(connection.topics):

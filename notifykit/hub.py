@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from . import connlog
+from .connlog import log_fields
 from .envelope import Envelope, IdGenerator, pack, unpack
 from .errors import (
     ConfigurationError,
@@ -352,7 +352,7 @@ class Hub:
                     connection.id,
                     user_id,
                     exc,
-                    extra=connlog.fields(connection),
+                    extra=log_fields(connection),
                 )
         return registration
 
@@ -448,7 +448,7 @@ class Hub:
                     connection.id,
                     user_id,
                     exc,
-                    extra=connlog.fields(connection),
+                    extra=log_fields(connection),
                 )
 
     async def subscribe(

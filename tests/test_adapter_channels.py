@@ -35,7 +35,8 @@ from notifykit.adapters.channels import (
 from notifykit.model import Handshake
 from notifykit.protocols import HandshakeAuthenticator
 
-pytestmark = pytest.mark.anyio
+# The websockets library and Django Channels run on asyncio only.
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]
 
 SECRET = "channels-adapter-tests-secret-0123456789"
 EXPIRY = datetime.datetime(2031, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)

@@ -24,7 +24,8 @@ from notifykit import Hub, JWTAuthenticator, mint_token
 from notifykit.adapters.websockets import FrameEncoder, NotifyServer, serve
 from notifykit.protocols import Transport
 
-pytestmark = pytest.mark.anyio
+# The websockets library and Django Channels run on asyncio only.
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]
 
 SECRET = "websockets-adapter-tests-0123456789"
 AUTH = JWTAuthenticator(secret=SECRET)

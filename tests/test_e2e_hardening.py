@@ -208,7 +208,12 @@ async def test_a_slow_reader_gets_4008_once_its_queue_overflows(server: Server) 
         assert frames < 1_500
 
 
-async def test_a_stalled_client_cannot_hold_more_than_its_byte_bound(server: Server) -> None:
+async def test_a_stalled_client_cannot_hold_more_than_its_byte_bound(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Without history: the server would otherwise keep the 40 MB it is sent, on purpose.
+    server = start_serve(*BASE_FLAGS, "--history-size", "0")
+    request.addfinalizer(server.stop)
     rss_before = rss_mib(server)
     async with stalled_client(server, "hoarder"):
         # 40 different 1 MB notifications: under the 256-frame bound, far over 1 MiB.
