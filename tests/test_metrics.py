@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from servers import RedisServer
+from servers import RedisClusterServers, RedisServer
 from test_gateway import connect, handshake, read_until_closed, token, welcome
 
 from notifykit import CloseCode, ConfigurationError, Hub, JWTAuthenticator
@@ -36,7 +36,7 @@ from notifykit.envelope import Envelope, IdGenerator, pack
 from notifykit.memory import MemoryPropagator
 from notifykit.metrics import MAX_OBSERVATIONS, LatencyHistogram, created_ms
 from notifykit.model import ToTopic, ToUsers
-from notifykit.redis import RedisPropagator
+from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
 from notifykit.testing import inbox
 from notifykit.wire import Error, Notification, Position, with_position
 
@@ -388,10 +388,17 @@ async def test_a_propagator_s_unknown_statistics_are_served_untyped_with_help() 
     assert sample(found, "notifykit_propagator_queue_depth") == 7
 
 
+def untyped(found: Mapping[str, Metric]) -> list[str]:
+    return [name for name, family in found.items() if family.type == "unknown"]
+
+
 @pytest.mark.redis
 async def test_a_redis_propagator_s_figures_are_served(redis_server: RedisServer) -> None:
     def hub() -> Hub:
-        return Hub(RedisPropagator(redis_server.url, prefix="nk-metrics"))
+        return Hub(
+            RedisPropagator(redis_server.url, prefix="nk-metrics"),
+            presence=RedisPresence(redis_server.url, prefix="nk-metrics"),
+        )
 
     async with hub() as publisher, hub() as receiver, inbox(receiver, "42") as box:
         await publisher.notify_user("42", "across-redis")
@@ -404,6 +411,20 @@ async def test_a_redis_propagator_s_figures_are_served(redis_server: RedisServer
     assert sample(found, "notifykit_notifications_published") == 0  # published by the other
     assert sample(found, "notifykit_notifications_delivered") == 1
     assert histogram(found, "notifykit_delivery_latency_seconds")[1] == 1
+    assert sample(found, "notifykit_presence_local_users") == 1
+    assert sample(found, "notifykit_presence_heartbeat_failures") == 0
+    assert untyped(found) == []  # every statistic of Redis propagator and presence is known
+
+
+@pytest.mark.redis
+async def test_a_redis_cluster_propagator_s_figures_are_all_typed(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    async with Hub(RedisClusterPropagator(redis_cluster.url, prefix="nk-metrics")) as hub:
+        found = await families(app_for(hub))
+    assert sample(found, "notifykit_propagator_masters") == 3
+    assert sample(found, "notifykit_propagator_topology_refreshes") >= 1
+    assert untyped(found) == []
 
 
 # httpx's ASGITransport leaves prometheus_client's app an unfinished request body on trio.
