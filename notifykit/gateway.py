@@ -20,6 +20,14 @@ import anyio
 import anyio.lowlevel
 
 from .connection import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE, Connection
+from .connlog import (
+    log_closed,
+    log_fields,
+    log_opened,
+    log_refresh_refused,
+    log_refreshed,
+    log_refused,
+)
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -28,6 +36,7 @@ from .errors import (
     PropagationError,
     ProtocolError,
 )
+from .metrics import count_end
 from .model import Handshake, Principal, topic_key, validate_topic
 from .topics import claim_topics_policy
 from .wire import (
@@ -163,35 +172,50 @@ class Gateway:
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in handshake.subprotocols else None
         if not self._origin_allowed(handshake):
             metrics["origin_refusals"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed")
+            await self._refuse(
+                transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed", handshake.client
+            )
             return
         try:
             principal = await self._authenticate(handshake)
         except AuthenticationError as exc:
             metrics["auth_failures"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
+            await self._refuse(
+                transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc), handshake.client
+            )
             return
         try:
             resume = _resume(handshake)
         except ProtocolError as exc:
             metrics["bad_frames"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.BAD_FRAME, str(exc))
+            await self._refuse(
+                transport, subprotocol, CloseCode.BAD_FRAME, str(exc), handshake.client
+            )
             return
         if not self.hub.running:
-            await self._refuse(transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running")
+            await self._refuse(
+                transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running", handshake.client
+            )
             return
 
         connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
+        client = handshake.client
         del handshake  # nothing of the request stays alive as long as the connection
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
+        log_opened(connection, client)
         try:
             async with anyio.create_task_group() as writers:
                 await self._converse(connection, transport, writers, resume)
                 self.hub.unregister(connection)
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
-                    logger.warning("closing slow consumer %s", connection.id)
+                    logger.warning(
+                        "closing slow consumer %s of user %r",
+                        connection.id,
+                        connection.user_id,
+                        extra=log_fields(connection),
+                    )
                 deadline = anyio.current_time() + self.close_timeout
                 flushed = True
                 if connection.close_code is not None:
@@ -208,6 +232,8 @@ class Gateway:
                 await self.hub.detach(connection)
             connection.release()
             metrics["connections_closed"] += 1
+            count_end(metrics, connection)
+            log_closed(connection)
 
     async def _converse(
         self,
@@ -243,11 +269,22 @@ class Gateway:
             if connection.close_code is None and anyio.current_time() >= scope.deadline:
                 connection.close(CloseCode.UNAUTHORIZED, "token expired")
         except (PropagationError, NotRunning) as exc:
-            logger.warning("could not register connection %s: %s", connection.id, exc)
+            logger.warning(
+                "could not register connection %s of user %r: %s",
+                connection.id,
+                connection.user_id,
+                exc,
+                extra=log_fields(connection),
+            )
             connection.release()  # drop the queued welcome: it must not be sent
             connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
         except Exception:
-            logger.exception("connection %s failed", connection.id)
+            logger.exception(
+                "connection %s of user %r failed",
+                connection.id,
+                connection.user_id,
+                extra=log_fields(connection),
+            )
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(
@@ -266,15 +303,23 @@ class Gateway:
         transport.abort()
         self.hub.metrics["aborted_connections"] += 1
         logger.warning(
-            "connection %s did not take its close frame (%d) within %g s: dropped",
+            "connection %s of user %r did not take its close frame (%d) within %g s: dropped",
             connection.id,
+            connection.user_id,
             code,
             self.close_timeout,
+            extra=log_fields(connection, close_code=code),
         )
 
     async def _refuse(
-        self, transport: Transport, subprotocol: str | None, code: int, reason: str
+        self,
+        transport: Transport,
+        subprotocol: str | None,
+        code: int,
+        reason: str,
+        client: str | None,
     ) -> None:
+        log_refused(code, reason, client)
         # Accept only to close at once: browsers cannot read why a handshake was refused, but
         # they can read a close code and reason.
         await transport.accept(subprotocol)
@@ -379,11 +424,14 @@ class Gateway:
         try:
             principal = await self._by_token(token)
         except AuthenticationError as exc:
+            log_refresh_refused(connection, str(exc))
             return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
         if principal.user_id != connection.principal.user_id:
+            log_refresh_refused(connection, "the token is for another user")
             return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
         connection.principal = principal
         expiry.deadline = self._deadline(principal)
+        log_refreshed(connection)
         # The new token decides from now on: leave the topics it no longer allows, each
         # announced with an unsubscribed frame (no ref: the server initiated it).
         for topic in sorted(connection.topics):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
+from .connlog import log_fields
 from .envelope import Envelope, IdGenerator, pack, unpack
 from .errors import (
     ConfigurationError,
@@ -37,6 +38,7 @@ from .errors import (
     PropagationError,
 )
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
+from .metrics import LatencyHistogram
 from .model import (
     Target,
     ToAuthenticated,
@@ -134,7 +136,12 @@ class Hub:
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
         self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.metrics: Counter[str] = Counter()
-        """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
+        """Monotonic counters (``notifications_published``, ``frames_delivered``...); see
+        :mod:`notifykit.metrics`."""
+        self.latency = LatencyHistogram()
+        """Seconds from a notification's creation (its ``ts``) to its frame being handed to
+        this instance's connections: per payload received (sampled under load), never per
+        connection."""
         self._subscribe_timeout = _check_timeout("subscribe_timeout", subscribe_timeout)
         self._cleanup_timeout = _check_timeout("cleanup_timeout", cleanup_timeout)
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
@@ -265,7 +272,8 @@ class Hub:
         if not members:
             return
         last, exclude, position, frame = self._unpacked
-        if payload is not last:
+        fresh = payload is not last
+        if fresh:
             try:
                 exclude, position, frame = unpack(payload)
             except ValueError:
@@ -293,6 +301,11 @@ class Hub:
                 connection.offer(frame)
                 sent += 1
         self.metrics["frames_delivered"] += sent
+        if fresh:  # per payload, sampled (an in-process publish to several keys: the first)
+            latency = self.latency
+            latency.countdown -= 1
+            if latency.countdown <= 0:
+                latency.observe_frame(frame)
 
     def _frame(self, key: str, payload: bytes) -> str | None:
         """The frame of a stamped payload read from ``key``'s history (None if malformed)."""
@@ -334,7 +347,13 @@ class Hub:
                 await self.presence.connected(user_id, connection.id)
             except PropagationError as exc:
                 # Not fatal: delivery works, and the presence heartbeat registers it later.
-                logger.warning("presence could not record %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not record %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=log_fields(connection),
+                )
         return registration
 
     async def _catch_up(
@@ -424,7 +443,13 @@ class Hub:
             try:
                 await self.presence.disconnected(user_id, connection.id)
             except PropagationError as exc:
-                logger.warning("presence could not forget %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not forget %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=log_fields(connection),
+                )
 
     async def subscribe(
         self,

@@ -185,6 +185,7 @@ def test_token_with_bad_settings_exits_2_with_one_line(
         pytest.param([], {"NOTIFYKIT_ALLOW_ANONYMOUS": "maybe"}, "ALLOW_ANONYMOUS", id="bool"),
         pytest.param([], {"NOTIFYKIT_PORT": "eighty"}, "NOTIFYKIT_PORT", id="int"),
         pytest.param([], {"NOTIFYKIT_LOG_LEVEL": "loud"}, "log level", id="log-level"),
+        pytest.param([], {"NOTIFYKIT_LOG_FORMAT": "xml"}, "log format", id="log-format"),
         pytest.param(["--queue-size", "0"], {}, "--queue-size", id="queue-size"),
         pytest.param(["--close-timeout", "0"], {}, "--close-timeout", id="close-timeout"),
         pytest.param(

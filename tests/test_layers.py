@@ -22,7 +22,14 @@ LAYERS = [
     ),
     (
         "hub and gateway",
-        {"notifykit.connection", "notifykit.gateway", "notifykit.hub", "notifykit.auth"},
+        {
+            "notifykit.connection",
+            "notifykit.gateway",
+            "notifykit.hub",
+            "notifykit.auth",
+            "notifykit.metrics",
+            "notifykit.connlog",
+        },
     ),
     ("adapters and tools", {"notifykit.adapters", "notifykit.testing"}),
     ("edges", {"notifykit.cli", "notifykit.client", "notifykit.__main__"}),
