@@ -59,6 +59,23 @@ VARIANTS: dict[str, Variant] = {
             "uvicorn (uvloop, httptools, websockets-sansio), real JWTs",
         ),
         Variant(
+            "notifykit-websockets",
+            "bench.servers.nk",
+            ("--adapter", "websockets"),
+            needs_redis_propagator=True,
+            description="the same hub and JWTs on notifykit.adapters.websockets.serve (a "
+            "plain websockets server with uvloop, raw's serving stack) instead of uvicorn",
+        ),
+        Variant(
+            "notifykit-channels",
+            "bench.servers.nk",
+            ("--adapter", "channels"),
+            needs_redis_propagator=True,
+            description="the same hub and JWTs as a Django Channels app (ProtocolTypeRouter, "
+            "AuthMiddlewareStack, NotifyConsumer, ChannelsUserAuthenticator with JWT "
+            "fallback) under the same uvicorn stack",
+        ),
+        Variant(
             "single-channel",
             "bench.servers.nk",
             ("--single-channel",),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     AuthenticationError,
     ConfigurationError,
+    HistoryOff,
     InvalidNotification,
     NotifyKitError,
     NotRunning,
@@ -48,6 +49,7 @@ __all__ = [
     "AuthenticationError",
     "CloseCode",
     "ConfigurationError",
+    "HistoryOff",
     "Hub",
     "InvalidNotification",
     "JWTAuthenticator",

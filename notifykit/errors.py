@@ -5,6 +5,7 @@
     NotifyKitError
     ├── ProtocolError (ValueError)         a client frame that is not valid notifykit.v1
     ├── InvalidNotification (ValueError)   a notification that cannot be sent
+    ├── HistoryOff                         history was asked for, but none is kept
     ├── AuthenticationError                a token that does not prove who the client is
     │   └── TokenExpired                   ... because it has expired
     ├── PropagationError (ConnectionError) the propagator could not carry a message
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "HistoryOff",
     "InvalidNotification",
     "NotRunning",
     "NotifyKitError",
@@ -52,6 +54,10 @@ class ProtocolError(NotifyKitError, ValueError):
 
 class InvalidNotification(NotifyKitError, ValueError):
     """A notification cannot be sent: an empty target, a bad topic name, data that is not JSON."""
+
+
+class HistoryOff(NotifyKitError):
+    """History was asked for, but the propagator keeps none (``history_size=0``)."""
 
 
 class AuthenticationError(NotifyKitError):

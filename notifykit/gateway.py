@@ -20,6 +20,14 @@ import anyio
 import anyio.lowlevel
 
 from .connection import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE, Connection
+from .connlog import (
+    log_closed,
+    log_fields,
+    log_opened,
+    log_refresh_refused,
+    log_refreshed,
+    log_refused,
+)
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -38,6 +46,7 @@ from .limits import (
     at_least,
     positive_rate,
 )
+from .metrics import count_end
 from .model import Handshake, Principal, topic_key, validate_topic
 from .topics import claim_topics_policy
 from .wire import (
@@ -61,12 +70,12 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from anyio.abc import TaskGroup
 
     from .hub import Hub
-    from .protocols import Authenticator, TopicPolicy, Transport
+    from .protocols import Authenticator, HandshakeAuthenticator, TopicPolicy, Transport
     from .recovery import Registration
     from .wire import ClientFrame
 
@@ -74,26 +83,15 @@ __all__ = ["Gateway"]
 
 logger = logging.getLogger("notifykit.gateway")
 
-_VIOLATIONS = (
-    "connection_limit_refusals",
-    "user_limit_refusals",
-    "rate_limited_frames",
-    "rate_limit_closes",
-    "origin_refusals",
-    "auth_failures",
-    "bad_frames",
-    "slow_consumer_closes",
-    "aborted_connections",
-)
-"""The hub counters of what clients did beyond the limits (docs/security.md)."""
-
 
 class Gateway:
     """Serves websocket connections for a :class:`~notifykit.hub.Hub`.
 
     Options:
 
-    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`).
+    * ``authenticator`` — verifies tokens (e.g. :class:`~notifykit.jwt.JWTAuthenticator`), or
+      a :class:`~notifykit.protocols.HandshakeAuthenticator` that reads the whole handshake
+      (the host app's login session).
     * ``topic_policy`` — ``(principal, topic) -> bool`` (sync or async) deciding who may
       subscribe to what; default: the topics listed in the token's ``topics`` claim.
     * ``allow_anonymous`` — accept clients without a token; they receive only broadcasts.
@@ -130,7 +128,7 @@ class Gateway:
     def __init__(
         self,
         hub: Hub,
-        authenticator: Authenticator,
+        authenticator: Authenticator | HandshakeAuthenticator,
         *,
         topic_policy: TopicPolicy | None = None,
         allow_anonymous: bool = False,
@@ -148,8 +146,13 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not callable(getattr(authenticator, "authenticate", None)):
-            raise ConfigurationError("authenticator must have an async authenticate(token)")
+        by_handshake = getattr(authenticator, "authenticate_handshake", None)
+        by_token = getattr(authenticator, "authenticate", None)
+        if not callable(by_handshake) and not callable(by_token):
+            raise ConfigurationError(
+                "authenticator must have an async authenticate(token) or "
+                "authenticate_handshake(handshake)"
+            )
         if topic_policy is not None and not callable(topic_policy):
             raise ConfigurationError("topic_policy must be a callable (principal, topic) -> bool")
         self.hub = hub
@@ -157,6 +160,18 @@ class Gateway:
         self.topic_policy: TopicPolicy = topic_policy or claim_topics_policy()
         self.allow_anonymous = allow_anonymous
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        cookie_based = callable(by_handshake) and getattr(authenticator, "cookie_based", False)
+        if cookie_based and not self.allowed_origins:
+            raise ConfigurationError(
+                "an authenticator that trusts cookies needs allowed_origins: without it "
+                "any web page could open a websocket with your users' cookies"
+            )
+        self._by_handshake: Callable[[Handshake], Awaitable[Principal | None]] | None = (
+            by_handshake if callable(by_handshake) else None
+        )
+        self._by_token: Callable[[str], Awaitable[Principal]] | None = (
+            by_token if callable(by_token) else None
+        )
         self.max_frame_bytes = at_least("max_frame_bytes", max_frame_bytes, 1)
         self.queue_size = at_least("queue_size", queue_size, 1)
         self.queue_bytes = at_least("queue_bytes", queue_bytes, 1)
@@ -173,8 +188,6 @@ class Gateway:
         self.close_timeout = float(close_timeout)
         self.clock = clock
         self.monotonic = monotonic
-        for counter in _VIOLATIONS:  # reported (as 0) before the first one
-            hub.metrics[counter] += 0
         self._log = ThrottledLog(logger, clock=monotonic)
         # The one reply to every frame beyond the rate: encoded once.
         self._rate_limited = encode(
@@ -202,12 +215,18 @@ class Gateway:
             self.hub.metrics["connection_limit_refusals"] += 1
             self._log.warning(
                 "max_connections",
-                "refused a connection: this gateway serves %d connections, its maximum "
+                "refused a connection from %s: this gateway serves %d connections, its maximum "
                 "(max_connections)",
+                handshake.client or "an unknown address",
                 slots.total,
+                extra={"close_code": CloseCode.TRY_AGAIN_LATER, "client": handshake.client},
             )
             await self._refuse(
-                transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "too many connections"
+                transport,
+                subprotocol,
+                CloseCode.TRY_AGAIN_LATER,
+                "too many connections",
+                handshake.client,
             )
             return
         try:
@@ -222,23 +241,32 @@ class Gateway:
         metrics = self.hub.metrics
         if not self._origin_allowed(handshake):
             metrics["origin_refusals"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed")
+            await self._refuse(
+                transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed", handshake.client
+            )
             return
         try:
-            principal = await self._authenticate(handshake.bearer_token())
+            principal = await self._authenticate(handshake)
         except AuthenticationError as exc:
             metrics["auth_failures"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
+            await self._refuse(
+                transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc), handshake.client
+            )
             return
         try:
             resume = _resume(handshake)
         except ProtocolError as exc:
             metrics["bad_frames"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.BAD_FRAME, str(exc))
+            await self._refuse(
+                transport, subprotocol, CloseCode.BAD_FRAME, str(exc), handshake.client
+            )
             return
         if not self.hub.running:
-            await self._refuse(transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running")
+            await self._refuse(
+                transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running", handshake.client
+            )
             return
+        client = handshake.client
         del handshake  # nothing of the request stays alive as long as the connection
         user_id = principal.user_id
         if user_id is not None and not self.slots.take_user(user_id):
@@ -248,17 +276,23 @@ class Gateway:
                 "refused a connection of user %r: it has %d, the maximum (max_user_connections)",
                 user_id[:64],
                 self.slots.per_user,
+                extra={
+                    "close_code": CloseCode.TOO_MANY_CONNECTIONS,
+                    "user_id": user_id,
+                    "client": client,
+                },
             )
             await self._refuse(
                 transport,
                 subprotocol,
                 CloseCode.TOO_MANY_CONNECTIONS,
                 f"too many connections for this user (at most {self.slots.per_user})",
+                client,
             )
             return
         connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
         try:
-            await self._run(connection, transport, subprotocol, resume)
+            await self._run(connection, transport, subprotocol, resume, client)
         finally:
             if user_id is not None:
                 self.slots.give_back_user(user_id)
@@ -269,18 +303,25 @@ class Gateway:
         transport: Transport,
         subprotocol: str | None,
         resume: dict[str, Position] | None,
+        client: str | None,
     ) -> None:
         """Accept the connection, serve it until it ends, close it, and clean up after it."""
         metrics = self.hub.metrics
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
+        log_opened(connection, client)
         try:
             async with anyio.create_task_group() as writers:
                 await self._converse(connection, transport, writers, resume)
                 self.hub.unregister(connection)
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
-                    logger.warning("closing slow consumer %s", connection.id)
+                    logger.warning(
+                        "closing slow consumer %s of user %r",
+                        connection.id,
+                        connection.user_id,
+                        extra=log_fields(connection),
+                    )
                 deadline = anyio.current_time() + self.close_timeout
                 flushed = True
                 if connection.close_code is not None:
@@ -297,6 +338,8 @@ class Gateway:
                 await self.hub.detach(connection)
             connection.release()
             metrics["connections_closed"] += 1
+            count_end(metrics, connection)
+            log_closed(connection)
 
     async def _converse(
         self,
@@ -332,11 +375,22 @@ class Gateway:
             if connection.close_code is None and anyio.current_time() >= scope.deadline:
                 connection.close(CloseCode.UNAUTHORIZED, "token expired")
         except (PropagationError, NotRunning) as exc:
-            logger.warning("could not register connection %s: %s", connection.id, exc)
+            logger.warning(
+                "could not register connection %s of user %r: %s",
+                connection.id,
+                connection.user_id,
+                exc,
+                extra=log_fields(connection),
+            )
             connection.release()  # drop the queued welcome: it must not be sent
             connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
         except Exception:
-            logger.exception("connection %s failed", connection.id)
+            logger.exception(
+                "connection %s of user %r failed",
+                connection.id,
+                connection.user_id,
+                extra=log_fields(connection),
+            )
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(
@@ -355,15 +409,23 @@ class Gateway:
         transport.abort()
         self.hub.metrics["aborted_connections"] += 1
         logger.warning(
-            "connection %s did not take its close frame (%d) within %g s: dropped",
+            "connection %s of user %r did not take its close frame (%d) within %g s: dropped",
             connection.id,
+            connection.user_id,
             code,
             self.close_timeout,
+            extra=log_fields(connection, close_code=code),
         )
 
     async def _refuse(
-        self, transport: Transport, subprotocol: str | None, code: int, reason: str
+        self,
+        transport: Transport,
+        subprotocol: str | None,
+        code: int,
+        reason: str,
+        client: str | None,
     ) -> None:
+        log_refused(code, reason, client)
         # Accept only to close at once: browsers cannot read why a handshake was refused, but
         # they can read a close code and reason.
         await transport.accept(subprotocol)
@@ -425,11 +487,13 @@ class Gateway:
         metrics["rate_limit_closes"] += 1
         self._log.warning(
             "rate_limit",
-            "closed connection %s with 4429: it kept sending more than %g frames a second "
-            "(max_frame_rate) after %d rate_limited errors (frame_burst)",
+            "closed connection %s of user %r with 4429: it kept sending more than %g frames a "
+            "second (max_frame_rate) after %d rate_limited errors (frame_burst)",
             connection.id,
+            connection.user_id,
             self.max_frame_rate,
             self.frame_burst,
+            extra=log_fields(connection, close_code=CloseCode.RATE_LIMITED),
         )
         connection.close(CloseCode.RATE_LIMITED, "too many frames; slow down")
 
@@ -494,14 +558,19 @@ class Gateway:
     ) -> Refreshed | Error:
         if connection.principal.is_anonymous:
             return Error(ErrorCode.FORBIDDEN, "anonymous connections cannot refresh", ref)
+        if self._by_token is None:
+            return Error(ErrorCode.FORBIDDEN, "this server does not accept tokens", ref)
         try:
-            principal = await self.authenticator.authenticate(token)
+            principal = await self._by_token(token)
         except AuthenticationError as exc:
+            log_refresh_refused(connection, str(exc))
             return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
         if principal.user_id != connection.principal.user_id:
+            log_refresh_refused(connection, "the token is for another user")
             return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
         connection.principal = principal
         expiry.deadline = self._deadline(principal)
+        log_refreshed(connection)
         # The new token decides from now on: leave the topics it no longer allows, each
         # announced with an unsubscribed frame (no ref: the server initiated it).
         for topic in sorted(connection.topics):
@@ -524,15 +593,23 @@ class Gateway:
             return math.inf
         return anyio.current_time() + (principal.expires_at - self.clock())
 
-    async def _authenticate(self, token: str | None) -> Principal:
-        if token is None:
+    async def _authenticate(self, handshake: Handshake) -> Principal:
+        if self._by_handshake is not None:
+            principal = await self._by_handshake(handshake)
+            if principal is not None:
+                return principal
+            if self.allow_anonymous:
+                return Principal(None)
+            raise AuthenticationError("not authenticated: log in first")
+        token = handshake.bearer_token()
+        if token is None or self._by_token is None:
             if self.allow_anonymous:
                 return Principal(None)
             raise AuthenticationError(
                 "no token: send 'Authorization: Bearer <jwt>', a 'bearer.<jwt>' subprotocol "
                 "or a 'token' query parameter"
             )
-        return await self.authenticator.authenticate(token)
+        return await self._by_token(token)
 
 
 def _too_large(message: str | bytes, limit: int) -> bool:

@@ -29,10 +29,18 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
+from .connlog import log_fields
 from .envelope import Envelope, IdGenerator, pack, unpack
-from .errors import ConfigurationError, InvalidNotification, NotRunning, PropagationError
+from .errors import (
+    ConfigurationError,
+    HistoryOff,
+    InvalidNotification,
+    NotRunning,
+    PropagationError,
+)
 from .limits import DEFAULT_MAX_DATA_BYTES, ThrottledLog, at_least
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
+from .metrics import LatencyHistogram
 from .model import (
     Target,
     ToAuthenticated,
@@ -133,7 +141,12 @@ class Hub:
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
         self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.metrics: Counter[str] = Counter()
-        """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
+        """Monotonic counters (``notifications_published``, ``frames_delivered``...); see
+        :mod:`notifykit.metrics`."""
+        self.latency = LatencyHistogram()
+        """Seconds from a notification's creation (its ``ts``) to its frame being handed to
+        this instance's connections: per payload received (sampled under load), never per
+        connection."""
         self._subscribe_timeout = _check_timeout("subscribe_timeout", subscribe_timeout)
         self._cleanup_timeout = _check_timeout("cleanup_timeout", cleanup_timeout)
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
@@ -143,7 +156,6 @@ class Hub:
         self.max_data_bytes = at_least("max_data_bytes", max_data_bytes, 1)
         """The largest ``data`` :meth:`publish` sends, in bytes of encoded JSON."""
         self._log = ThrottledLog(logger)
-        self.metrics["data_size_refusals"] = 0  # reported (as 0) before the first one
         self._ids = IdGenerator()
         self._pending: dict[str, _Pending] = {}
         self._running = False
@@ -292,7 +304,8 @@ class Hub:
         if not members:
             return
         last, exclude, position, frame = self._unpacked
-        if payload is not last:
+        fresh = payload is not last
+        if fresh:
             try:
                 exclude, position, frame = unpack(payload)
             except ValueError:
@@ -320,6 +333,11 @@ class Hub:
                 connection.offer(frame)
                 sent += 1
         self.metrics["frames_delivered"] += sent
+        if fresh:  # per payload, sampled (an in-process publish to several keys: the first)
+            latency = self.latency
+            latency.countdown -= 1
+            if latency.countdown <= 0:
+                latency.observe_frame(frame)
 
     def _frame(self, key: str, payload: bytes) -> str | None:
         """The frame of a stamped payload read from ``key``'s history (None if malformed)."""
@@ -361,7 +379,13 @@ class Hub:
                 await self.presence.connected(user_id, connection.id)
             except PropagationError as exc:
                 # Not fatal: delivery works, and the presence heartbeat registers it later.
-                logger.warning("presence could not record %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not record %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=log_fields(connection),
+                )
         return registration
 
     async def _catch_up(
@@ -451,7 +475,13 @@ class Hub:
             try:
                 await self.presence.disconnected(user_id, connection.id)
             except PropagationError as exc:
-                logger.warning("presence could not forget %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not forget %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=log_fields(connection),
+                )
 
     async def subscribe(
         self,
@@ -560,16 +590,16 @@ class Hub:
         """Up to ``limit`` notifications of ``stream`` (a routing key: ``user_key(...)``,
         ``topic_key(...)``, ``"auth"``, ``"all"``) after offset ``after``, as frames.
 
-        Raises :class:`~notifykit.errors.InvalidNotification` when history is off (or for a
-        negative ``after`` or ``limit``), :class:`~notifykit.errors.PropagationError` if the
-        backend cannot answer.
+        Raises :class:`~notifykit.errors.HistoryOff` when no history is kept,
+        :class:`~notifykit.errors.InvalidNotification` for a negative ``after`` or ``limit``,
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer.
         """
         self._check_running()
         if after < 0 or limit < 0:
             raise InvalidNotification("after and limit must be 0 or more")
         found = (await self.propagator.read({stream: after}, limit)).get(stream)
         if found is None:
-            raise InvalidNotification("history is off: no notification is kept")
+            raise HistoryOff("history is off: no notification is kept")
         frames = [self._frame(stream, payload) for _, payload in found.entries]
         return HistoryPage(
             stream, found.epoch, found.last, found.first, [f for f in frames if f is not None]

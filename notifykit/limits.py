@@ -18,13 +18,13 @@ loop, as local variables: it is checked for every client frame.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "DEFAULT_FRAME_BURST",
@@ -148,9 +148,11 @@ class ThrottledLog:
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warning(self, kind: str, message: str, *args: object) -> None:
-        """Log ``message % args`` as a warning, unless a line of ``kind`` was written less
-        than ``interval`` seconds ago (then it only counts it)."""
+    def warning(
+        self, kind: str, message: str, *args: object, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Log ``message % args`` as a warning (with the fields of ``extra``), unless a line of
+        ``kind`` was written less than ``interval`` seconds ago (then it only counts it)."""
         now = self._clock()
         last = self._last.get(kind)
         if last is not None and now - last < self._interval:
@@ -161,4 +163,4 @@ class ThrottledLog:
         if held:
             message += " (and %d more like it since the last such line, not logged)"
             args = (*args, held)
-        self._logger.warning(message, *args)
+        self._logger.warning(message, *args, extra=extra)

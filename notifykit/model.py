@@ -246,12 +246,20 @@ class Handshake:
 
     ``headers`` has lower-case names (the last value wins for repeated names); ``query`` is the
     decoded query string; ``subprotocols`` lists the offered ``Sec-WebSocket-Protocol`` entries.
+
+    ``request`` is the framework's own view of the same request, for a
+    :class:`~notifykit.protocols.HandshakeAuthenticator` that needs more than a token (a login
+    session, a user a middleware resolved): the ASGI scope under the ASGI and Django Channels
+    adapters, the ``ServerConnection`` under the ``websockets`` adapter, None elsewhere. Only
+    authentication sees it: the gateway keeps nothing of the handshake once a connection is
+    accepted.
     """
 
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     subprotocols: tuple[str, ...] = ()
     client: str | None = None
+    request: Any = field(default=None, repr=False, compare=False)
 
     def bearer_token(self) -> str | None:
         """The token the client presented, looked for in this order (first found wins):

@@ -1,6 +1,8 @@
 """The three seams of notifykit, as ``typing.Protocol`` classes with their contracts.
 
 * :class:`Authenticator` — turns a token into a :class:`~notifykit.model.Principal`.
+* :class:`HandshakeAuthenticator` — the same from the whole handshake (a login session, a
+  cookie, a user the web framework resolved), for servers whose users log in to the host app.
 * :class:`SocketState` — which connections *this instance* holds, under which routing keys.
 * :class:`Propagator` — carries ``(routing key, payload)`` between instances.
 * :class:`Presence` — who is online, across every instance.
@@ -20,11 +22,12 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from .model import Principal, StreamHistory
+    from .model import Handshake, Principal, StreamHistory
 
 __all__ = [
     "Authenticator",
     "Deliver",
+    "HandshakeAuthenticator",
     "Presence",
     "Propagator",
     "Receiver",
@@ -56,6 +59,35 @@ class Authenticator(Protocol):
         :class:`~notifykit.errors.AuthenticationError` for any other invalid token; the
         exception's message is shown to the client, so it must not contain secrets.
         Never raises anything else for a bad token, whatever bytes it holds.
+        """
+        ...
+
+
+@runtime_checkable
+class HandshakeAuthenticator(Protocol):
+    """Says who opened a websocket from its whole handshake, not only a bearer token.
+
+    For users who log in to the host application (a session cookie, a user that Starlette's
+    or Django Channels' middleware put in the scope) rather than holding a JWT. The gateway
+    prefers it to :meth:`Authenticator.authenticate` when an authenticator has both; an
+    in-band ``refresh`` frame still goes to ``authenticate(token)``, and is refused if the
+    authenticator has none.
+    """
+
+    cookie_based: bool
+    """True if it trusts credentials a browser sends by itself (cookies): the gateway then
+    requires an ``allowed_origins`` list, since any web page could otherwise open a websocket
+    with the user's cookies (cross-site websocket hijacking)."""
+
+    async def authenticate_handshake(self, handshake: Handshake) -> Principal | None:
+        """Return who ``handshake`` proves, or None if it carries no credentials at all (the
+        gateway then admits the client anonymously if allowed, else closes it with 4001).
+
+        Raises :class:`~notifykit.errors.AuthenticationError` (or
+        :class:`~notifykit.errors.TokenExpired`) for credentials that do not prove anyone;
+        its message is shown to the client. Never raises anything else for bad credentials.
+        ``handshake.request`` is the framework's own request (see
+        :class:`~notifykit.model.Handshake`).
         """
         ...
 

@@ -1,9 +1,10 @@
 """Shared fixtures, the anyio backends, and the rules that keep the test lanes honest.
 
 Every async test runs on each backend named in ``NOTIFYKIT_TEST_BACKENDS`` (comma-separated;
-default ``asyncio,trio``), except tests marked ``redis`` or ``e2e``, which run on asyncio alone
-(their trio variants are deselected): notifykit's Redis parts are asyncio-only, and the e2e
-tests drive servers in other processes through the ``websockets`` asyncio client.
+default ``asyncio,trio``), except tests marked ``redis``, ``e2e`` or ``asyncio_only``, which run
+on asyncio alone (their trio variants are deselected): notifykit's Redis parts and the
+websockets and Channels adapters are asyncio-only, and the e2e tests drive servers in other
+processes through the ``websockets`` asyncio client.
 
 The suite runs in three lanes (``scripts/test``): unit (``-m "not redis and not e2e"``, in
 seconds), redis (``-m "redis and not e2e"``) and e2e (``-m e2e``). A test that starts a
@@ -34,7 +35,7 @@ R = TypeVar("R")
 REDIS_FIXTURES = frozenset({"redis_server", "redis_cluster", "fresh_redis_cluster"})
 """Fixtures that start redis-server processes: a test using one must be marked ``redis``."""
 
-ASYNCIO_ONLY = ("redis", "e2e")
+ASYNCIO_ONLY = ("redis", "e2e", "asyncio_only")
 """Tests with one of these marks run on asyncio alone."""
 
 # --- the backends -----------------------------------------------------------------------------

@@ -153,6 +153,18 @@ def _wait_healthy(server: Server, path: str) -> bool:
     return False
 
 
+def start_command(
+    argv: Callable[[int], Sequence[str]],
+    *,
+    env: dict[str, str],
+    health_path: str,
+    cwd: str | Path | None = None,
+) -> Server:
+    """Run the command ``argv(port)`` for a free port and wait until ``health_path`` answers
+    200 (retrying on another port if that one was taken meanwhile)."""
+    return _start(argv, env=env, health_path=health_path, cwd=cwd)
+
+
 def start_serve(
     *flags: str,
     env: dict[str, str] | None = None,

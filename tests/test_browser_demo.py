@@ -196,8 +196,13 @@ def test_after_a_server_restart_the_page_reconnects_by_itself(
         server = start_serve(*demo_flags(), port=server.port)
         with log_on_failure(request, server):
             expect(alice.locator(STATE)).to_have_attribute("data-state", "open")
-            publish(server, {"event": "demo.message", "data": {"title": "Back"}, "user": "alice"})
-            toast_titled(alice, "Back")
+            # An in-memory server lost its history: the page says what it cannot recover.
+            toast_titled(alice, "Back online")
+            assert alice.evaluate("window.notifykitDemo.client.lastChange.recovered") is False
+            publish(
+                server, {"event": "demo.message", "data": {"title": "Hello again"}, "user": "alice"}
+            )
+            toast_titled(alice, "Hello again")
             publish(
                 server, {"event": "demo.message", "data": {"title": "Ops"}, "topic": "team:ops"}
             )

@@ -47,6 +47,7 @@ from notifykit.cli.backends import Backends, build_backends
 from notifykit.cli.serve import dev_settings, own_command
 from notifykit.cli.settings import Settings, read_settings
 from notifykit.jwt import JWTAuthenticator
+from notifykit.memory import MemoryPropagator
 from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -184,6 +185,7 @@ def test_token_with_bad_settings_exits_2_with_one_line(
         pytest.param([], {"NOTIFYKIT_ALLOW_ANONYMOUS": "maybe"}, "ALLOW_ANONYMOUS", id="bool"),
         pytest.param([], {"NOTIFYKIT_PORT": "eighty"}, "NOTIFYKIT_PORT", id="int"),
         pytest.param([], {"NOTIFYKIT_LOG_LEVEL": "loud"}, "log level", id="log-level"),
+        pytest.param([], {"NOTIFYKIT_LOG_FORMAT": "xml"}, "log format", id="log-format"),
         pytest.param(["--queue-size", "0"], {}, "--queue-size", id="queue-size"),
         pytest.param(["--close-timeout", "0"], {}, "--close-timeout", id="close-timeout"),
         pytest.param(
@@ -339,7 +341,8 @@ async def test_serve_takes_redis_settings_from_the_environment(
 def test_serve_without_redis_propagates_in_memory_under_a_generated_instance_id() -> None:
     first = serve_backends([], {})
     second = serve_backends([], {})
-    assert (first.propagator, first.presence) == (None, None)
+    assert isinstance(first.propagator, MemoryPropagator)
+    assert first.presence is None
     assert re.fullmatch(rf"[A-Za-z0-9._-]+-{os.getpid()}-[0-9a-f]{{6}}", first.instance_id)
     assert first.instance_id != second.instance_id
     assert serve_backends(["--instance-id", "pod-7"], {}).instance_id == "pod-7"

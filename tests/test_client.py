@@ -148,7 +148,9 @@ async def test_it_receives_what_is_sent_to_its_user_and_to_everyone(
     to_alice = await publish(server, {"event": "order.shipped", "data": {"n": 7}, "user": "alice"})
     await publish(server, {"event": "secret", "user": "bob"})
     n = await next_notification(alice)
-    assert n == Notification(to_alice, "order.shipped", {"n": 7}, n.ts)
+    assert n == Notification(
+        to_alice, "order.shipped", {"n": 7}, n.ts, None, "u:alice", n.offset, n.epoch
+    )
     await sentinel(server, alice)  # not bob's
 
 

@@ -66,7 +66,7 @@ async def test_a_users_third_connection_is_closed_4409_without_a_welcome(server:
         assert reason == "too many connections for this user (at most 2)"
         async with client(server, token("someone-else")) as other:
             await welcome(other)
-    assert (await metrics(server))["notifykit_user_limit_refusals"] >= 1
+    assert (await metrics(server))["notifykit_user_limit_refusals_total"] >= 1
 
 
 async def test_frames_beyond_the_rate_get_rate_limited_then_4429(server: Server) -> None:
@@ -79,8 +79,8 @@ async def test_frames_beyond_the_rate_get_rate_limited_then_4429(server: Server)
     assert {f.get("code") for f in frames[3:]} == {"rate_limited"}
     assert (code, reason) == (4429, "too many frames; slow down")
     counters = await metrics(server)
-    assert counters["notifykit_rate_limit_closes"] >= 1
-    assert counters["notifykit_rate_limited_frames"] >= 4
+    assert counters["notifykit_rate_limit_closes_total"] >= 1
+    assert counters["notifykit_rate_limited_frames_total"] >= 4
 
 
 async def test_a_client_that_slows_down_after_rate_limited_keeps_its_connection(
@@ -117,7 +117,7 @@ async def test_data_over_max_data_bytes_is_a_400_and_data_at_the_limit_is_sent(
         }
         sentinel = await publish(server, {"event": "sentinel", "user": "reader"})
         assert (await recv(ws))["id"] == sentinel  # nothing came before it
-    assert (await metrics(server))["notifykit_data_size_refusals"] >= 1
+    assert (await metrics(server))["notifykit_data_size_refusals_total"] >= 1
 
 
 async def test_a_connection_beyond_max_connections_is_closed_1013(
@@ -126,7 +126,7 @@ async def test_a_connection_beyond_max_connections_is_closed_1013(
     server = start_serve(*BASE_FLAGS, "--max-connections", "2")
     try:
         with log_on_failure(request, server):
-            # Every violation counter is reported, as 0, before the first violation.
+            # Every violation counter is served, at 0, before the first violation.
             counters = await metrics(server)
             for counter in ("connection_limit", "user_limit", "data_size", "rate_limit"):
                 found = [v for k, v in counters.items() if k.startswith(f"notifykit_{counter}")]
@@ -137,7 +137,7 @@ async def test_a_connection_beyond_max_connections_is_closed_1013(
                 await welcome(b)
                 async with client(server, token("c")) as c:
                     assert await closed(c) == (1013, "too many connections", [])
-            assert (await metrics(server))["notifykit_connection_limit_refusals"] == 1
+            assert (await metrics(server))["notifykit_connection_limit_refusals_total"] == 1
             # One refusal is one warning, and the log says which setting to raise.
             assert server.stderr().count("(max_connections)") == 1
     finally:

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.e2e
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "http-api.md"
 NOTIFICATION_ID = re.compile(r"[0-9A-V]{26}")
+PLACEHOLDER = re.compile(r"<[a-z]+>")
 BLOCK = re.compile(r"^```http\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
 
 
@@ -96,9 +97,12 @@ def exchange(data: bytes, port: int) -> tuple[str, dict[str, str], str]:
 
 
 def matches(expected: Any, actual: Any) -> bool:
-    """JSON equality, where an expected notification id stands for any id."""
+    """JSON equality, where an expected notification id stands for any id and a placeholder
+    such as ``"<epoch>"`` or ``"<ts>"`` for any string or number."""
     if isinstance(expected, str) and NOTIFICATION_ID.fullmatch(expected):
         return isinstance(actual, str) and NOTIFICATION_ID.fullmatch(actual) is not None
+    if isinstance(expected, str) and PLACEHOLDER.fullmatch(expected):
+        return isinstance(actual, str | int) and not isinstance(actual, bool)
     if isinstance(expected, dict):
         return (
             isinstance(actual, dict)

@@ -1,5 +1,10 @@
 """notifykit as an application would deploy it: ``Hub(RedisPropagator(url))`` and
-``hub.asgi_app(JWTAuthenticator(secret=...), api_key=...)`` under uvicorn.
+``NotifyApp(hub, JWTAuthenticator(secret=...), api_key=...)`` under uvicorn, or
+(``--adapter websockets``) ``notifykit.adapters.websockets.serve(hub, ...)`` on a plain
+``websockets`` server with uvloop — the serving stack of the raw baseline — or
+(``--adapter channels``) a Django Channels ``ProtocolTypeRouter`` with ``AuthMiddlewareStack``,
+``NotifyConsumer`` and ``ChannelsUserAuthenticator(fallback=JWTAuthenticator(...))`` under the
+same uvicorn as the ASGI variant.
 
 ``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline).
 
@@ -9,13 +14,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
 
 from notifykit import Hub, JWTAuthenticator
-from notifykit.adapters.asgi import NotifyApp
 from notifykit.protocols import Propagator
 
-from ..common import API_KEY, PREFIX, SECRET
-from .uvicorn_runner import run
+from ..common import API_KEY, PREFIX, SECRET, raise_fd_limit
 
 
 def cli() -> None:
@@ -25,6 +33,7 @@ def cli() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", default=PREFIX)
     parser.add_argument("--single-channel", action="store_true")
+    parser.add_argument("--adapter", choices=("asgi", "websockets", "channels"), default="asgi")
     args = parser.parse_args()
 
     from notifykit.redis import RedisPropagator
@@ -35,7 +44,72 @@ def cli() -> None:
 
         propagator = SingleChannelPropagator(propagator)
     hub = Hub(propagator)
+    if args.adapter == "websockets":
+        import uvloop
+
+        logging.basicConfig(level=logging.WARNING)
+        raise_fd_limit()
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(serve_websockets(hub, args.port))
+        return
+
+    from .uvicorn_runner import run
+
+    if args.adapter == "channels":
+        run(channels_app(hub), args.port)
+        return
+    from notifykit.adapters.asgi import NotifyApp
+
     run(NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
+
+
+def channels_app(hub: Hub) -> Any:
+    """The Channels application a Django project would write (settings made in code)."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        SECRET_KEY="bench-" + "0" * 50,
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        USE_TZ=True,
+    )
+    django.setup()
+    from channels.auth import AuthMiddlewareStack
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from django.urls import path
+
+    from notifykit.adapters.channels import (
+        ChannelsUserAuthenticator,
+        HubLifespan,
+        NotifyConsumer,
+    )
+
+    authenticator = ChannelsUserAuthenticator(fallback=JWTAuthenticator(secret=SECRET))
+    consumer = NotifyConsumer(hub, authenticator, allowed_origins=["http://bench.invalid"])
+    return ProtocolTypeRouter(
+        {
+            "websocket": AuthMiddlewareStack(URLRouter([path("ws", consumer)])),
+            "lifespan": HubLifespan(hub),
+        }
+    )
+
+
+async def serve_websockets(hub: Hub, port: int) -> None:
+    """The websockets adapter until SIGTERM/SIGINT."""
+    from notifykit.adapters.websockets import serve
+
+    async with serve(
+        hub,
+        JWTAuthenticator(secret=SECRET),
+        host="127.0.0.1",
+        port=port,
+        websockets_options={"backlog": 2048},
+    ) as server:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.close)
+        await server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -64,7 +64,17 @@ def build_backends(settings: Settings) -> Backends:
             if getattr(settings, name) is not None:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} needs --redis-url or --redis-cluster-url")
-        return Backends(None, None, instance_id, "in-memory propagation (a single instance)")
+        from ..memory import MemoryPropagator
+
+        memory = MemoryPropagator(
+            history_size=settings.history_size, history_ttl=settings.history_ttl
+        )
+        return Backends(
+            memory,
+            None,
+            instance_id,
+            f"in-memory propagation (a single instance); {_history(settings)}",
+        )
 
     cluster = not settings.redis_url
     prefix = settings.redis_prefix if settings.redis_prefix is not None else DEFAULT_REDIS_PREFIX
@@ -73,14 +83,12 @@ def build_backends(settings: Settings) -> Backends:
     where = _where(url, flag)
 
     from ..redis import RedisPresence, propagator_from_url
-    from ..redis.propagator import channel_prefix
+    from ..redis._channels import ChannelNames
 
     try:  # checked apart from the URL, so that the error names the flag at fault
-        channel_prefix(prefix)
+        ChannelNames(prefix, cluster=cluster)
     except ConfigurationError as exc:
         raise UsageError(f"--redis-prefix {prefix!r}: {exc}") from None
-    if cluster and ("{" in prefix or "}" in prefix):  # the cluster propagator's own rule
-        raise UsageError(f"--redis-prefix {prefix!r}: a cluster prefix must not contain {{ or }}")
 
     try:
         propagator = propagator_from_url(
@@ -94,6 +102,12 @@ def build_backends(settings: Settings) -> Backends:
     kind = "Redis Cluster" if cluster else "Redis"
     description = f"{kind} at {where} (prefix {prefix!r}, presence ttl {ttl:g} s)"
     return Backends(propagator, presence, instance_id, description)
+
+
+def _history(settings: Settings) -> str:
+    if settings.history_size == 0:
+        return "no history"
+    return f"history: {settings.history_size} per stream, {settings.history_ttl:g} s"
 
 
 def _where(url: str, flag: str) -> str:

@@ -32,16 +32,14 @@ nor closes the socket. See "Choice of websocket implementation" in ``docs/cli.md
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
 import os
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
-from .logs import RedactTokens
+from .logs import logging_config
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -228,27 +226,6 @@ class NotifyServer(uvicorn.Server):
         await super().shutdown(sockets)  # 5. HTTP connections, then the lifespan
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging configuration, plus notifykit's loggers beside it, with the ``token``
-    query parameter redacted from every line either prints."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact_tokens": {"()": RedactTokens}}
-    config["formatters"]["notifykit"] = {"format": "%(levelname)s:  %(name)s: %(message)s"}
-    config["handlers"]["notifykit"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "notifykit",
-        "stream": "ext://sys.stderr",
-    }
-    for handler in config["handlers"].values():
-        handler["filters"] = ["redact_tokens"]
-    config["loggers"]["notifykit"] = {
-        "handlers": ["notifykit"],
-        "level": level.upper(),
-        "propagate": False,
-    }
-    return config
-
-
 def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
     """Run ``app`` under uvicorn until SIGINT/SIGTERM; 0 after a clean stop, 3 if it could
     not start (port in use, startup failed)."""
@@ -260,7 +237,7 @@ def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
         ws=GuardedWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes * WS_SIZE_FACTOR,
         lifespan="on",
-        log_config=log_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.close_timeout),  # uvicorn takes an int
     )

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_PRESENCE_TTL",
     "DEFAULT_REDIS_PREFIX",
     "ENV_PREFIX",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "SETTINGS",
     "CommandFailed",
@@ -46,6 +47,7 @@ __all__ = [
 
 ENV_PREFIX = "NOTIFYKIT_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 DEFAULT_REDIS_PREFIX = "notifykit"
 """The Redis channel and key prefix when ``--redis-prefix`` is not given."""
 DEFAULT_PRESENCE_TTL = 30.0
@@ -162,6 +164,7 @@ SETTINGS: Mapping[str, Setting] = {
         exclusive=True,
     ),
     "log_level": Setting("str", "info", "log level"),
+    "log_format": Setting("str", "text", "log lines: text, or json (one object per line)"),
     "redis_url": Setting("str", None, "Redis URL: propagation and presence across instances"),
     "redis_cluster_url": Setting("str", None, "any node of a Redis Cluster (sharded pub/sub)"),
     "redis_prefix": Setting(
@@ -172,6 +175,19 @@ SETTINGS: Mapping[str, Setting] = {
         None,
         "seconds a crashed instance's users stay online",
         shown=f"{DEFAULT_PRESENCE_TTL:g}",
+        minimum=0,
+        exclusive=True,
+    ),
+    "history_size": Setting(
+        "int",
+        100,
+        "notifications kept per stream for resume and GET /history (0: no history)",
+        minimum=0,
+    ),
+    "history_ttl": Setting(
+        "float",
+        3600.0,
+        "seconds a notification (and an idle stream) is kept in history",
         minimum=0,
         exclusive=True,
     ),
@@ -223,10 +239,13 @@ class Settings:
     shutdown_timeout: float = 5.0
     header_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
     redis_url: str | None = None
     redis_cluster_url: str | None = None
     redis_prefix: str | None = None
     presence_ttl: float | None = None
+    history_size: int = 100
+    history_ttl: float = 3600.0
     instance_id: str | None = None
     dev: bool = False
     demo: bool = False
@@ -257,6 +276,8 @@ def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
             parser.add_argument(flag, action="store_true", default=None, help=help)
         elif dest == "log_level":
             parser.add_argument(flag, default=None, choices=LOG_LEVELS, help=help)
+        elif dest == "log_format":
+            parser.add_argument(flag, default=None, choices=LOG_FORMATS, help=help)
         else:
             action = "append" if setting.kind == "list" else "store"
             parser.add_argument(flag, action=action, default=None, help=help)
@@ -280,6 +301,8 @@ def read_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
             values[dest] = _convert(f"{name}={raw!r}", setting, raw)
     if values.get("log_level", "info") not in LOG_LEVELS:
         raise UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+    if values.get("log_format", "text") not in LOG_FORMATS:
+        raise UsageError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
     if getattr(args, "command", None) == "serve":
         check_listen_address(settings.host, settings.port)

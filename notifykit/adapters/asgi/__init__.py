@@ -13,6 +13,10 @@
   extra).
 * :class:`WebSocketEndpoint` — only the websocket endpoint, as a plain ASGI app (no
   Starlette needed), for hosts that route websockets themselves.
+* :class:`ConnectionAuthenticator` — log clients in with the host app's own session or
+  cookie (a function of Starlette's ``HTTPConnection``) instead of a JWT (needs Starlette).
+* :class:`HubLifespan` — runs a hub for the server's lifetime, for hosts that route the
+  ``lifespan`` scope themselves (Django Channels' ``ProtocolTypeRouter``).
 * :class:`ASGITransport` and :func:`handshake_from_scope` — the pieces both are made of.
 """
 
@@ -20,18 +24,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .lifespan import HubLifespan
 from .transport import ASGITransport, WebSocketEndpoint, handshake_from_scope
 
 if TYPE_CHECKING:
     from .app import NotifyApp
+    from .auth import ConnectionAuthenticator
 
-__all__ = ["ASGITransport", "NotifyApp", "WebSocketEndpoint", "handshake_from_scope"]
+__all__ = [
+    "ASGITransport",
+    "ConnectionAuthenticator",
+    "HubLifespan",
+    "NotifyApp",
+    "WebSocketEndpoint",
+    "handshake_from_scope",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # NotifyApp needs Starlette; the transport and endpoint do not.
+    # NotifyApp and ConnectionAuthenticator need Starlette; the rest does not.
     if name == "NotifyApp":
         from .app import NotifyApp
 
         return NotifyApp
+    if name == "ConnectionAuthenticator":
+        from .auth import ConnectionAuthenticator
+
+        return ConnectionAuthenticator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,8 @@ Routes (relative to where it is mounted):
 * ``POST /publish`` — publish one notification (``Authorization: Bearer <api key>``);
 * ``GET /healthz`` — always 200: ``{"status": "ok" | "degraded", "connections", "users"}``;
 * ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
-* ``GET /metrics`` — Prometheus text format;
+* ``GET /metrics`` — Prometheus text format (:mod:`.metrics`; needs the ``metrics`` extra,
+  else it answers 501 saying how to enable it);
 * ``GET /presence/<user_id>`` — ``{"user", "online", "connections"}`` across every instance;
   ``GET /presence`` — ``{"online": <users online>}`` (both need the API key);
 * ``GET /client.js`` — the browser client (``notifykit/static/client.js``).
@@ -22,15 +23,24 @@ server's lifespan; when mounted, the host app enters the hub in its own lifespan
 from __future__ import annotations
 
 import hmac
-import logging
+import importlib.util
+import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...errors import ConfigurationError, InvalidNotification, NotRunning, PropagationError
+from ...errors import (
+    ConfigurationError,
+    HistoryOff,
+    InvalidNotification,
+    NotRunning,
+    PropagationError,
+)
 from ...gateway import Gateway
+from ...model import topic_key, user_key, validate_topic, validate_user_id
+from .lifespan import run_lifespan
 from .publish import parse_publish
 from .static import client_routes
 from .transport import WebSocketEndpoint
@@ -38,15 +48,18 @@ from .transport import WebSocketEndpoint
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from prometheus_client.registry import CollectorRegistry
     from starlette.requests import Request
 
     from ...hub import Hub
     from ...protocols import Authenticator, TopicPolicy
     from .transport import Receive, Scope, Send
 
-__all__ = ["NotifyApp", "render_metrics"]
+__all__ = ["NotifyApp"]
 
-logger = logging.getLogger("notifykit.asgi")
+METRICS_MISSING = (
+    "metrics need prometheus-client: pip install 'notifykit[metrics]' and restart the server"
+)
 
 
 class NotifyApp:
@@ -89,12 +102,16 @@ class NotifyApp:
             )
         self.max_publish_bytes = max_publish_bytes
         self.websocket = WebSocketEndpoint(self.gateway)
+        self.metrics_registry = _metrics_registry(hub)
+        """The ``prometheus_client`` registry ``GET /metrics`` renders (this app's own), or
+        None without the ``metrics`` extra."""
         self.http = Starlette(
             routes=[
                 Route("/publish", self.publish, methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/metrics", self.metrics, methods=["GET"]),
+                Route("/history", self.history, methods=["GET"]),
                 Route("/presence", self.presence_summary, methods=["GET"]),
                 Route("/presence/{user_id:path}", self.presence, methods=["GET"]),
                 *client_routes(),
@@ -110,29 +127,9 @@ class NotifyApp:
             else:
                 await send({"type": "websocket.close", "code": 1000})  # a 403 handshake reply
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(self.hub, receive, send)
         else:
             await self.http(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        if self.hub.running:  # the host app runs the hub itself
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        try:
-            await self.hub.__aenter__()
-        except Exception as exc:
-            logger.exception("hub failed to start")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        try:
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-        finally:
-            await self.hub.aclose()
-        await send({"type": "lifespan.shutdown.complete"})
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -179,6 +176,29 @@ class NotifyApp:
             {"user": user_id, "online": bool(connections), "connections": len(connections)}
         )
 
+    async def history(self, request: Request) -> Response:
+        """``GET /history?user=<id>`` (or ``?topic=<name>``) with optional ``after`` (an
+        offset, default 0) and ``limit`` (1-1000, default 100): the stream's notifications
+        after ``after``, in offset order, for services that show an inbox."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            stream, after, limit = _history_query(request.query_params)
+            page = await self.hub.history(stream, after=after, limit=limit)
+        except HistoryOff as exc:
+            return _error(404, "history_off", str(exc))
+        except InvalidNotification as exc:
+            return _error(400, "bad_request", str(exc))
+        except (PropagationError, NotRunning) as exc:
+            return _error(503, "unavailable", f"history is unavailable: {exc}")
+        # The frames are JSON already: they are joined, not decoded and encoded again.
+        head = json.dumps(
+            {"stream": page.stream, "epoch": page.epoch, "last": page.last, "first": page.first}
+        )
+        body = f'{head[:-1]}, "notifications": [{",".join(page.notifications)}]}}'
+        return Response(body, media_type="application/json")
+
     async def presence_summary(self, request: Request) -> Response:
         """``GET /presence``: how many users are online anywhere."""
         refusal = self._refusal(request)
@@ -207,10 +227,14 @@ class NotifyApp:
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     async def metrics(self, request: Request) -> Response:
-        """``GET /metrics``: counters and gauges in Prometheus text format."""
-        return PlainTextResponse(
-            render_metrics(self.hub.statistics()), media_type="text/plain; version=0.0.4"
-        )
+        """``GET /metrics``: the hub's metrics in Prometheus text format (OpenMetrics if the
+        ``Accept`` header asks for it); 501 without the ``metrics`` extra."""
+        if self.metrics_registry is None:
+            return _error(501, "metrics_unavailable", METRICS_MISSING)
+        from .metrics import render
+
+        body, content_type = render(self.metrics_registry, request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
 
     def _health(self) -> dict[str, Any]:
         state = self.hub.state
@@ -221,13 +245,36 @@ class NotifyApp:
         }
 
 
-def render_metrics(stats: Mapping[str, float]) -> str:
-    """Render statistics as Prometheus text: every name gets the ``notifykit_`` prefix."""
-    lines = []
-    for name, value in sorted(stats.items()):
-        metric = "notifykit_" + "".join(c if c.isalnum() else "_" for c in name)
-        lines.append(f"{metric} {value}")
-    return "\n".join(lines) + "\n"
+def _metrics_registry(hub: Hub) -> CollectorRegistry | None:
+    """A registry of this app's own for ``hub`` (None without ``prometheus_client``)."""
+    if importlib.util.find_spec("prometheus_client") is None:
+        return None
+    from .metrics import metrics_registry
+
+    return metrics_registry(hub)
+
+
+_MAX_HISTORY_LIMIT = 1000
+
+
+def _history_query(params: Mapping[str, str]) -> tuple[str, int, int]:
+    """``(stream, after, limit)`` from ``GET /history``'s query; InvalidNotification if bad."""
+    targets = [name for name in ("user", "topic") if name in params]
+    if len(targets) != 1:
+        raise InvalidNotification('give exactly one of "user" or "topic"')
+    if targets[0] == "user":
+        stream = user_key(validate_user_id(params["user"]))
+    else:
+        stream = topic_key(validate_topic(params["topic"]))
+    after = _whole(params.get("after", "0"), "after", 2**63 - 1)
+    limit = _whole(params.get("limit", "100"), "limit", _MAX_HISTORY_LIMIT)
+    return stream, after, limit
+
+
+def _whole(text: str, name: str, most: int) -> int:
+    if not text.isdigit() or int(text) > most:
+        raise InvalidNotification(f'"{name}" must be a whole number from 0 to {most}')
+    return int(text)
 
 
 def _error(status: int, code: str, message: str) -> Response:
