@@ -36,6 +36,16 @@ from .errors import (
     PropagationError,
     ProtocolError,
 )
+from .limits import (
+    DEFAULT_FRAME_BURST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FRAME_RATE,
+    DEFAULT_MAX_USER_CONNECTIONS,
+    ConnectionSlots,
+    ThrottledLog,
+    at_least,
+    positive_rate,
+)
 from .metrics import count_end
 from .model import Handshake, Principal, topic_key, validate_topic
 from .topics import claim_topics_policy
@@ -92,6 +102,13 @@ class Gateway:
       waiting before it is closed as a slow consumer (4008).
     * ``max_topics`` — topics one connection may subscribe to.
     * ``max_bad_frames`` — consecutive invalid frames tolerated before closing with 4400.
+    * ``max_connections`` — connections served at once; one more is closed with 1013.
+    * ``max_user_connections`` — connections of one user served at once; one more is closed
+      with 4409 (anonymous connections count towards ``max_connections`` only).
+    * ``max_frame_rate`` and ``frame_burst`` — client frames per second one connection may
+      send on average, and at once (a token bucket). A frame beyond them is not read: it is
+      answered with a ``rate_limited`` error; a client that sends ``frame_burst`` frames beyond
+      them without slowing down is closed with 4429.
     * ``close_timeout`` — seconds a close may take to flush what was queued and send its close
       frame; a client that does not read them in time has its connection dropped (aborted).
       A slow consumer still reading gets its 4008 if the kernel lets the frame it was sending
@@ -99,6 +116,11 @@ class Gateway:
       buffer, up to 4 MiB on Linux, is free); one that reads nothing is dropped.
     * ``clock`` — the wall clock token expiry is measured against (Unix seconds); tests pass
       their own instead of sleeping.
+    * ``monotonic`` — the clock frame rates (and the log's throttle) are measured with
+      (seconds); likewise for tests.
+
+    Violations of the limits are counted in the hub's metrics and logged, at most one line per
+    kind every 10 seconds (:class:`~notifykit.limits.ThrottledLog`).
 
     Raises :class:`~notifykit.errors.ConfigurationError` for an option that cannot work.
     """
@@ -116,8 +138,13 @@ class Gateway:
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         max_topics: int = 100,
         max_bad_frames: int = 10,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS,
+        max_frame_rate: float = DEFAULT_MAX_FRAME_RATE,
+        frame_burst: int = DEFAULT_FRAME_BURST,
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         by_handshake = getattr(authenticator, "authenticate_handshake", None)
         by_token = getattr(authenticator, "authenticate", None)
@@ -145,17 +172,31 @@ class Gateway:
         self._by_token: Callable[[str], Awaitable[Principal]] | None = (
             by_token if callable(by_token) else None
         )
-        self.max_frame_bytes = _at_least("max_frame_bytes", max_frame_bytes, 1)
-        self.queue_size = _at_least("queue_size", queue_size, 1)
-        self.queue_bytes = _at_least("queue_bytes", queue_bytes, 1)
-        self.max_topics = _at_least("max_topics", max_topics, 0)
-        self.max_bad_frames = _at_least("max_bad_frames", max_bad_frames, 1)
+        self.max_frame_bytes = at_least("max_frame_bytes", max_frame_bytes, 1)
+        self.queue_size = at_least("queue_size", queue_size, 1)
+        self.queue_bytes = at_least("queue_bytes", queue_bytes, 1)
+        self.max_topics = at_least("max_topics", max_topics, 0)
+        self.max_bad_frames = at_least("max_bad_frames", max_bad_frames, 1)
+        self.slots = ConnectionSlots(max_connections, max_user_connections)
+        """The connections being served, in all and per user."""
+        self.max_frame_rate = positive_rate("max_frame_rate", max_frame_rate)
+        self.frame_burst = at_least("frame_burst", frame_burst, 1)
         if not isinstance(close_timeout, int | float) or not close_timeout > 0:
             raise ConfigurationError(
                 f"close_timeout must be seconds above 0, not {close_timeout!r}"
             )
         self.close_timeout = float(close_timeout)
         self.clock = clock
+        self.monotonic = monotonic
+        self._log = ThrottledLog(logger, clock=monotonic)
+        # The one reply to every frame beyond the rate: encoded once.
+        self._rate_limited = encode(
+            Error(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.max_frame_rate:g} frames a second "
+                f"(bursts of {self.frame_burst}): frame ignored; slow down",
+            )
+        )
 
     # --- the connection's life ------------------------------------------------------------
 
@@ -168,8 +209,36 @@ class Gateway:
         connection is dropped — and only then does the hub's network bookkeeping run
         (unsubscribe, presence), bounded too. A close never waits on Redis.
         """
-        metrics = self.hub.metrics
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in handshake.subprotocols else None
+        slots = self.slots
+        if not slots.take():
+            self.hub.metrics["connection_limit_refusals"] += 1
+            self._log.warning(
+                "max_connections",
+                "refused a connection from %s: this gateway serves %d connections, its maximum "
+                "(max_connections)",
+                handshake.client or "an unknown address",
+                slots.total,
+                extra={"close_code": CloseCode.TRY_AGAIN_LATER, "client": handshake.client},
+            )
+            await self._refuse(
+                transport,
+                subprotocol,
+                CloseCode.TRY_AGAIN_LATER,
+                "too many connections",
+                handshake.client,
+            )
+            return
+        try:
+            await self._serve(transport, handshake, subprotocol)
+        finally:
+            slots.give_back()
+
+    async def _serve(
+        self, transport: Transport, handshake: Handshake, subprotocol: str | None
+    ) -> None:
+        """Check the client, then serve it (if its user has a connection left)."""
+        metrics = self.hub.metrics
         if not self._origin_allowed(handshake):
             metrics["origin_refusals"] += 1
             await self._refuse(
@@ -197,10 +266,47 @@ class Gateway:
                 transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running", handshake.client
             )
             return
-
-        connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
         client = handshake.client
         del handshake  # nothing of the request stays alive as long as the connection
+        user_id = principal.user_id
+        if user_id is not None and not self.slots.take_user(user_id):
+            metrics["user_limit_refusals"] += 1
+            self._log.warning(
+                "max_user_connections",
+                "refused a connection of user %r: it has %d, the maximum (max_user_connections)",
+                user_id[:64],
+                self.slots.per_user,
+                extra={
+                    "close_code": CloseCode.TOO_MANY_CONNECTIONS,
+                    "user_id": user_id,
+                    "client": client,
+                },
+            )
+            await self._refuse(
+                transport,
+                subprotocol,
+                CloseCode.TOO_MANY_CONNECTIONS,
+                f"too many connections for this user (at most {self.slots.per_user})",
+                client,
+            )
+            return
+        connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
+        try:
+            await self._run(connection, transport, subprotocol, resume, client)
+        finally:
+            if user_id is not None:
+                self.slots.give_back_user(user_id)
+
+    async def _run(
+        self,
+        connection: Connection,
+        transport: Transport,
+        subprotocol: str | None,
+        resume: dict[str, Position] | None,
+        client: str | None,
+    ) -> None:
+        """Accept the connection, serve it until it ends, close it, and clean up after it."""
+        metrics = self.hub.metrics
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
         log_opened(connection, client)
@@ -332,10 +438,27 @@ class Gateway:
         self, connection: Connection, transport: Transport, expiry: anyio.CancelScope
     ) -> None:
         bad_frames = 0
+        # The token bucket of the inbound rate: `burst` frames may come at once, and one more
+        # every 1/rate seconds. A frame beyond it is owed (tokens go below 0), not read, and
+        # answered rate_limited; one more once `burst` are owed closes the connection. Local
+        # floats: a few operations per frame.
+        rate, burst, now = self.max_frame_rate, float(self.frame_burst), self.monotonic
+        tokens, last = burst, now()
         while True:
             message = await transport.receive()
             if message is None:
                 return
+            arrived = now()
+            tokens = min(burst, tokens + (arrived - last) * rate) - 1.0
+            last = arrived
+            if tokens < 0.0:
+                if tokens < -burst:
+                    self._close_rate_limited(connection)
+                    return
+                self.hub.metrics["rate_limited_frames"] += 1
+                connection.offer(self._rate_limited)
+                await anyio.lowlevel.checkpoint()
+                continue
             try:
                 if _too_large(message, self.max_frame_bytes):
                     raise ProtocolError(
@@ -357,6 +480,22 @@ class Gateway:
             # A client that sends faster than it reads must not starve the connection's writer
             # (a server's receive returns at once while frames are buffered).
             await anyio.lowlevel.checkpoint()
+
+    def _close_rate_limited(self, connection: Connection) -> None:
+        metrics = self.hub.metrics
+        metrics["rate_limited_frames"] += 1
+        metrics["rate_limit_closes"] += 1
+        self._log.warning(
+            "rate_limit",
+            "closed connection %s of user %r with 4429: it kept sending more than %g frames a "
+            "second (max_frame_rate) after %d rate_limited errors (frame_burst)",
+            connection.id,
+            connection.user_id,
+            self.max_frame_rate,
+            self.frame_burst,
+            extra=log_fields(connection, close_code=CloseCode.RATE_LIMITED),
+        )
+        connection.close(CloseCode.RATE_LIMITED, "too many frames; slow down")
 
     # --- client requests ------------------------------------------------------------------
 
@@ -488,9 +627,3 @@ def _resume(handshake: Handshake) -> dict[str, Position] | None:
 
 def _unix(expires_at: float | None) -> int | None:
     return None if expires_at is None else int(expires_at)
-
-
-def _at_least(name: str, value: int, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer of at least {minimum}, not {value!r}")
-    return value

@@ -20,6 +20,7 @@ bounded in time, and never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -37,6 +38,7 @@ from .errors import (
     NotRunning,
     PropagationError,
 )
+from .limits import DEFAULT_MAX_DATA_BYTES, ThrottledLog, at_least
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
 from .metrics import LatencyHistogram
 from .model import (
@@ -116,7 +118,9 @@ class Hub:
     propagator to confirm a subscription (and to read history); ``cleanup_timeout`` bounds the
     bookkeeping after a connection ends (unsubscribing, presence); ``replay_limit`` is the most
     notifications replayed per stream to a resuming client (beyond, it is told
-    ``recovered: false`` and refetches). Use it as an async context manager: entering
+    ``recovered: false`` and refetches); ``max_data_bytes`` is the largest ``data`` a
+    notification may carry, in bytes of its JSON encoding (UTF-8). Use it as an async context
+    manager: entering
     starts the propagator, leaving closes every connection with ``1001 going away`` (waiting up
     to ``shutdown_timeout`` seconds for them to go) and stops it.
     """
@@ -131,6 +135,7 @@ class Hub:
         cleanup_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
         replay_limit: int = 1000,
+        max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         self.propagator: Propagator = propagator if propagator is not None else MemoryPropagator()
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
@@ -148,6 +153,9 @@ class Hub:
         if not isinstance(replay_limit, int) or replay_limit < 1:
             raise ConfigurationError(f"replay_limit must be at least 1, not {replay_limit!r}")
         self._replay_limit = replay_limit
+        self.max_data_bytes = at_least("max_data_bytes", max_data_bytes, 1)
+        """The largest ``data`` :meth:`publish` sends, in bytes of encoded JSON."""
+        self._log = ThrottledLog(logger)
         self._ids = IdGenerator()
         self._pending: dict[str, _Pending] = {}
         self._running = False
@@ -227,15 +235,39 @@ class Hub:
 
         ``exclude`` is a connection id (from the ``welcome`` frame) that will not receive it.
         Raises :class:`~notifykit.errors.InvalidNotification` for a bad event, bad data (not
-        JSON, or nested deeper than :data:`~notifykit.wire.MAX_DATA_DEPTH`),
-        :class:`~notifykit.errors.PropagationError` if it could not be sent, and
-        :class:`~notifykit.errors.NotRunning` outside ``async with hub``.
+        JSON, nested deeper than :data:`~notifykit.wire.MAX_DATA_DEPTH`, or larger than
+        ``max_data_bytes`` encoded), :class:`~notifykit.errors.PropagationError` if it could
+        not be sent, and :class:`~notifykit.errors.NotRunning` outside ``async with hub``.
         """
         self._check_running()
         envelope = Envelope(self._ids(), event, data, target, exclude)
-        await self.propagator.publish(envelope.keys(), pack(envelope))
+        payload = pack(envelope)
+        # The payload holds data and a few hundred bytes more: only a payload over the limit
+        # needs its data measured.
+        if len(payload) > self.max_data_bytes:
+            self._check_data_size(envelope, payload)
+        await self.propagator.publish(envelope.keys(), payload)
         self.metrics["notifications_published"] += 1
         return envelope.id
+
+    def _check_data_size(self, envelope: Envelope, payload: bytes) -> None:
+        """Raise InvalidNotification if the data in ``payload`` is over ``max_data_bytes``:
+        its size is the payload's less that of the same envelope with ``null`` as data."""
+        rest = len(pack(dataclasses.replace(envelope, data=None))) - len(b"null")
+        size = len(payload) - rest
+        if size <= self.max_data_bytes:
+            return
+        self.metrics["data_size_refusals"] += 1
+        self._log.warning(
+            "max_data_bytes",
+            "refused to publish %r: data of %d bytes encoded, over max_data_bytes (%d)",
+            envelope.event[:64],
+            size,
+            self.max_data_bytes,
+        )
+        raise InvalidNotification(
+            f"data too large: {size} bytes encoded as JSON, at most {self.max_data_bytes}"
+        )
 
     async def notify_user(
         self, user_id: str, event: str, data: Any = None, *, exclude: str | None = None

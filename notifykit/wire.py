@@ -70,7 +70,8 @@ class CloseCode(IntEnum):
     frame ``frame_too_large`` and the connection stays open."""
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
-    """The server could not register the connection (e.g. Redis unreachable); retry with backoff."""
+    """The server could not register the connection (e.g. Redis unreachable), or serves as many
+    connections as it allows; retry with backoff."""
     UNAUTHORIZED = 4001
     """No token, an invalid token, or the token expired without a refresh."""
     FORBIDDEN = 4003
@@ -79,6 +80,11 @@ class CloseCode(IntEnum):
     """The client fell so far behind that its outbound queue overflowed; reconnect."""
     BAD_FRAME = 4400
     """The client kept sending invalid frames."""
+    TOO_MANY_CONNECTIONS = 4409
+    """The user already has as many connections to this server as it allows; close one (or
+    retry with a long backoff)."""
+    RATE_LIMITED = 4429
+    """The client kept sending frames faster than allowed after ``rate_limited`` errors."""
 
 
 class ErrorCode(StrEnum):
@@ -90,6 +96,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     INVALID_TOPIC = "invalid_topic"
     UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)

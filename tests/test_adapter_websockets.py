@@ -55,7 +55,7 @@ def test_the_transport_implements_the_protocol() -> None:
 
 async def test_a_fan_out_reaches_plain_and_compressed_connections_alike() -> None:
     async with (
-        Hub() as hub,
+        Hub(max_data_bytes=1024 * 1024) as hub,  # a frame bigger than 64 KiB
         serve(hub, AUTH, port=0, websockets_options={"compression": "deflate"}) as server,
         user(server, "42", compression=None) as plain,
         user(server, "42", compression="deflate") as deflated,

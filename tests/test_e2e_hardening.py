@@ -43,7 +43,9 @@ from websockets.exceptions import ConnectionClosed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-BASE_FLAGS = ("--jwt-secret", SECRET, "--api-key", API_KEY)
+# Notifications of up to 1 MB, as before the data limit: these faults are about what the
+# server does with big ones (tests/test_e2e_limits.py tests the limit itself).
+BASE_FLAGS = ("--jwt-secret", SECRET, "--api-key", API_KEY, "--max-data-bytes", "1048576")
 
 
 @pytest.fixture
@@ -231,7 +233,8 @@ async def test_a_burst_sent_before_the_welcome_still_gets_the_welcome_first(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> None:
     # With Redis, registering takes a round trip: the burst is buffered by then.
-    server = start_serve(*BASE_FLAGS, "--redis-url", redis_server.url)
+    # A burst of 1,000 frames is within the rate limit only with a burst of 1,000.
+    server = start_serve(*BASE_FLAGS, "--redis-url", redis_server.url, "--frame-burst", "1000")
     try:
         with log_on_failure(request, server):
             async with client(server, token("bursty")) as ws:

@@ -29,6 +29,7 @@ LAYERS = [
             "notifykit.auth",
             "notifykit.metrics",
             "notifykit.connlog",
+            "notifykit.limits",
         },
     ),
     ("adapters and tools", {"notifykit.adapters", "notifykit.testing"}),

@@ -168,6 +168,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     ``handshake_exc`` and ``data_to_send()`` are public), ``handshake_initiated``,
     ``transport``."""
 
+    _lingering = False
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if (
@@ -177,6 +179,28 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.transport.close()
+
+    def handle_parser_exception(self) -> None:
+        """A frame websockets refuses (``1009`` beyond the size limit, ``1002`` for a protocol
+        error). uvicorn writes the close frame and closes the socket at once, while the rest of
+        the refused frame is still arriving: the kernel answers those bytes with a reset, which
+        destroys the close frame before the client reads it (half the 4 MB frames lost it).
+        Here the close frame is written, then the end of the stream (FIN), and what still
+        arrives is read and discarded until the client closes — for at most uvicorn's
+        ``close_timeout``, the time it gives a client to answer a close. uvicorn internals:
+        ``conn``, ``queue``, ``close_sent``, ``close_timer``, ``close_timeout``, ``loop``."""
+        if self._lingering:  # called again for each chunk that arrives meanwhile
+            return
+        self._lingering = True
+        sent = self.conn.close_sent
+        code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.close_timer is None:
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
 
 class NotifyServer(uvicorn.Server):

@@ -17,6 +17,14 @@ import sys
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..limits import (
+    DEFAULT_FRAME_BURST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DATA_BYTES,
+    DEFAULT_MAX_FRAME_RATE,
+    DEFAULT_MAX_USER_CONNECTIONS,
+)
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
@@ -106,6 +114,34 @@ SETTINGS: Mapping[str, Setting] = {
     "max_publish_bytes": Setting(
         "int", 1024 * 1024, "largest POST /publish body (413 beyond)", minimum=1
     ),
+    "max_data_bytes": Setting(
+        "int",
+        DEFAULT_MAX_DATA_BYTES,
+        "largest notification data, in bytes of JSON (400 / InvalidNotification beyond)",
+        minimum=4,
+    ),
+    "max_connections": Setting(
+        "int",
+        DEFAULT_MAX_CONNECTIONS,
+        "websocket connections served at once (1013 beyond)",
+        minimum=1,
+    ),
+    "max_user_connections": Setting(
+        "int",
+        DEFAULT_MAX_USER_CONNECTIONS,
+        "websocket connections of one user served at once (4409 beyond)",
+        minimum=1,
+    ),
+    "max_frame_rate": Setting(
+        "float",
+        DEFAULT_MAX_FRAME_RATE,
+        "client frames per second per connection (rate_limited errors, then 4429, beyond)",
+        minimum=0,
+        exclusive=True,
+    ),
+    "frame_burst": Setting(
+        "int", DEFAULT_FRAME_BURST, "client frames a connection may send at once", minimum=1
+    ),
     "close_timeout": Setting(
         "float",
         5.0,
@@ -194,6 +230,11 @@ class Settings:
     queue_bytes: int = 1024 * 1024
     max_frame_bytes: int = 64 * 1024
     max_publish_bytes: int = 1024 * 1024
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS
+    max_frame_rate: float = DEFAULT_MAX_FRAME_RATE
+    frame_burst: int = DEFAULT_FRAME_BURST
     close_timeout: float = 5.0
     shutdown_timeout: float = 5.0
     header_timeout: float = 10.0

@@ -57,6 +57,22 @@ _CONNECTION_COUNTERS: Final = {
     "auth_failures": ("auth_failures", "Handshakes refused with 4001: no or an invalid token."),
     "origin_refusals": ("origin_refusals", "Handshakes refused with 4003: Origin not allowed."),
     "bad_frames": ("bad_frames", "Invalid client frames (and invalid resume parameters)."),
+    "connection_limit_refusals": (
+        "connection_limit_refusals",
+        "Handshakes refused with 1013: this instance served max_connections already.",
+    ),
+    "user_limit_refusals": (
+        "user_limit_refusals",
+        "Handshakes refused with 4409: the user had max_user_connections here already.",
+    ),
+    "rate_limited_frames": (
+        "rate_limited_frames",
+        "Client frames beyond max_frame_rate: not read, answered rate_limited.",
+    ),
+    "rate_limit_closes": (
+        "rate_limit_closes",
+        "Connections closed with 4429: they kept sending beyond max_frame_rate.",
+    ),
 }
 _NOTIFICATION_COUNTERS: Final = {
     "notifications_published": (
@@ -66,6 +82,10 @@ _NOTIFICATION_COUNTERS: Final = {
     "frames_delivered": (
         "notifications_delivered",
         "Notification frames handed to this instance's connections (one per connection).",
+    ),
+    "data_size_refusals": (
+        "data_size_refusals",
+        "Publishes refused because their data was over max_data_bytes.",
     ),
 }
 
