@@ -10,7 +10,6 @@ close), and then the hub's bookkeeping runs, bounded. Nothing is left behind.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -24,14 +23,11 @@ from .connlog import (
     log_closed,
     log_fields,
     log_opened,
-    log_refresh_refused,
-    log_refreshed,
     log_refused,
 )
 from .errors import (
     AuthenticationError,
     ConfigurationError,
-    InvalidNotification,
     NotRunning,
     PropagationError,
     ProtocolError,
@@ -47,26 +43,19 @@ from .limits import (
     positive_rate,
 )
 from .metrics import count_end
-from .model import Handshake, Principal, topic_key, validate_topic
+from .model import Handshake, Principal
+from .session import Session
 from .topics import claim_topics_policy
 from .wire import (
     SUBPROTOCOL,
     CloseCode,
     Error,
     ErrorCode,
-    Ping,
-    Pong,
     Position,
-    Refresh,
-    Refreshed,
-    Subscribe,
-    Subscribed,
-    Unsubscribe,
-    Unsubscribed,
     Welcome,
     encode,
-    parse_client,
     parse_positions,
+    unix_seconds,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +66,6 @@ if TYPE_CHECKING:
     from .hub import Hub
     from .protocols import Authenticator, HandshakeAuthenticator, TopicPolicy, Transport
     from .recovery import Registration
-    from .wire import ClientFrame
 
 __all__ = ["Gateway"]
 
@@ -169,9 +157,10 @@ class Gateway:
         self._by_handshake: Callable[[Handshake], Awaitable[Principal | None]] | None = (
             by_handshake if callable(by_handshake) else None
         )
-        self._by_token: Callable[[str], Awaitable[Principal]] | None = (
+        self.verify_token: Callable[[str], Awaitable[Principal]] | None = (
             by_token if callable(by_token) else None
         )
+        """The authenticator's ``authenticate(token)``, if it has one (a refresh needs it)."""
         self.max_frame_bytes = at_least("max_frame_bytes", max_frame_bytes, 1)
         self.queue_size = at_least("queue_size", queue_size, 1)
         self.queue_bytes = at_least("queue_bytes", queue_bytes, 1)
@@ -188,9 +177,9 @@ class Gateway:
         self.close_timeout = float(close_timeout)
         self.clock = clock
         self.monotonic = monotonic
-        self._log = ThrottledLog(logger, clock=monotonic)
-        # The one reply to every frame beyond the rate: encoded once.
-        self._rate_limited = encode(
+        self.limit_log = ThrottledLog(logger, clock=monotonic)
+        """Where violations of the limits are logged, throttled."""
+        self.rate_limited_frame = encode(
             Error(
                 ErrorCode.RATE_LIMITED,
                 f"more than {self.max_frame_rate:g} frames a second "
@@ -213,7 +202,7 @@ class Gateway:
         slots = self.slots
         if not slots.take():
             self.hub.metrics["connection_limit_refusals"] += 1
-            self._log.warning(
+            self.limit_log.warning(
                 "max_connections",
                 "refused a connection from %s: this gateway serves %d connections, its maximum "
                 "(max_connections)",
@@ -271,7 +260,7 @@ class Gateway:
         user_id = principal.user_id
         if user_id is not None and not self.slots.take_user(user_id):
             metrics["user_limit_refusals"] += 1
-            self._log.warning(
+            self.limit_log.warning(
                 "max_user_connections",
                 "refused a connection of user %r: it has %d, the maximum (max_user_connections)",
                 user_id[:64],
@@ -356,7 +345,7 @@ class Gateway:
                 Welcome(
                     connection.id,
                     principal.user_id,
-                    _unix(principal.expires_at),
+                    unix_seconds(principal.expires_at),
                     registration.positions,
                     registration.recovered,
                 )
@@ -365,13 +354,13 @@ class Gateway:
         try:
             # close() cancels this scope; its deadline is the token's expiry, which a refresh
             # moves.
-            with anyio.CancelScope(deadline=self._deadline(connection.principal)) as scope:
+            with anyio.CancelScope(deadline=self.deadline(connection.principal)) as scope:
                 connection.bind(scope)
                 # The welcome is queued once registered, before what was missed: it is always
                 # the first frame, and it promises that later notifications will arrive.
                 await self.hub.attach(connection, resume=resume, greeting=welcome)
                 connection.start_sending(transport, writers)
-                await self._read(connection, transport, scope)
+                await Session(self, connection, scope).run(transport)
             if connection.close_code is None and anyio.current_time() >= scope.deadline:
                 connection.close(CloseCode.UNAUTHORIZED, "token expired")
         except (PropagationError, NotRunning) as exc:
@@ -434,151 +423,6 @@ class Gateway:
         if bounded.cancelled_caught:
             transport.abort()
 
-    async def _read(
-        self, connection: Connection, transport: Transport, expiry: anyio.CancelScope
-    ) -> None:
-        bad_frames = 0
-        # The token bucket of the inbound rate: `burst` frames may come at once, and one more
-        # every 1/rate seconds. A frame beyond it is owed (tokens go below 0), not read, and
-        # answered rate_limited; one more once `burst` are owed closes the connection. Local
-        # floats: a few operations per frame.
-        rate, burst, now = self.max_frame_rate, float(self.frame_burst), self.monotonic
-        tokens, last = burst, now()
-        while True:
-            message = await transport.receive()
-            if message is None:
-                return
-            arrived = now()
-            tokens = min(burst, tokens + (arrived - last) * rate) - 1.0
-            last = arrived
-            if tokens < 0.0:
-                if tokens < -burst:
-                    self._close_rate_limited(connection)
-                    return
-                self.hub.metrics["rate_limited_frames"] += 1
-                connection.offer(self._rate_limited)
-                await anyio.lowlevel.checkpoint()
-                continue
-            try:
-                if _too_large(message, self.max_frame_bytes):
-                    raise ProtocolError(
-                        f"frame larger than {self.max_frame_bytes} bytes",
-                        code=ErrorCode.FRAME_TOO_LARGE,
-                    )
-                frame = parse_client(message)
-            except ProtocolError as exc:
-                self.hub.metrics["bad_frames"] += 1
-                bad_frames += 1
-                if bad_frames >= self.max_bad_frames:
-                    connection.close(CloseCode.BAD_FRAME, "too many invalid frames")
-                    return
-                connection.offer(encode(Error(exc.code, str(exc), exc.ref)))
-                await anyio.lowlevel.checkpoint()
-                continue
-            bad_frames = 0
-            await self._handle(connection, frame, expiry)
-            # A client that sends faster than it reads must not starve the connection's writer
-            # (a server's receive returns at once while frames are buffered).
-            await anyio.lowlevel.checkpoint()
-
-    def _close_rate_limited(self, connection: Connection) -> None:
-        metrics = self.hub.metrics
-        metrics["rate_limited_frames"] += 1
-        metrics["rate_limit_closes"] += 1
-        self._log.warning(
-            "rate_limit",
-            "closed connection %s of user %r with 4429: it kept sending more than %g frames a "
-            "second (max_frame_rate) after %d rate_limited errors (frame_burst)",
-            connection.id,
-            connection.user_id,
-            self.max_frame_rate,
-            self.frame_burst,
-            extra=log_fields(connection, close_code=CloseCode.RATE_LIMITED),
-        )
-        connection.close(CloseCode.RATE_LIMITED, "too many frames; slow down")
-
-    # --- client requests ------------------------------------------------------------------
-
-    async def _handle(
-        self, connection: Connection, frame: ClientFrame, expiry: anyio.CancelScope
-    ) -> None:
-        match frame:
-            case Ping(ref):
-                connection.offer(encode(Pong(ref)))
-            case Subscribe(topic, ref, since):
-                refusal = await self._subscribe(connection, topic, ref, since)
-                if refusal is not None:
-                    connection.offer(encode(refusal))
-            case Unsubscribe(topic, ref):
-                if topic in connection.topics:
-                    await self.hub.unsubscribe(connection, topic)
-                connection.offer(encode(Unsubscribed(topic, ref)))
-            case Refresh(token, ref):
-                connection.offer(encode(await self._refresh(connection, token, ref, expiry)))
-
-    async def _subscribe(
-        self, connection: Connection, topic: str, ref: str | None, since: Position | None
-    ) -> Error | None:
-        """Subscribe, offering ``subscribed`` and what was missed since ``since``; or return
-        why not."""
-        try:
-            validate_topic(topic)
-        except InvalidNotification as exc:
-            return Error(ErrorCode.INVALID_TOPIC, str(exc), ref)
-        if topic not in connection.topics:
-            if len(connection.topics) >= self.max_topics:
-                return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
-            if not await self._may_subscribe(connection.principal, topic):
-                return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
-
-        def subscribed(registration: Registration) -> str:
-            position = registration.positions.get(topic_key(topic))
-            return encode(Subscribed(topic, ref, position, registration.recovered))
-
-        try:
-            await self.hub.subscribe(connection, topic, since=since, greeting=subscribed)
-        except PropagationError:  # the hub left the connection as it was
-            return Error(ErrorCode.UNAVAILABLE, "subscription failed; retry later", ref)
-        return None
-
-    async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
-        if principal.is_anonymous:
-            return False
-        try:
-            verdict = self.topic_policy(principal, topic)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception:
-            logger.exception("topic policy failed for %r; refusing", topic)
-            return False
-        return verdict is True
-
-    async def _refresh(
-        self, connection: Connection, token: str, ref: str | None, expiry: anyio.CancelScope
-    ) -> Refreshed | Error:
-        if connection.principal.is_anonymous:
-            return Error(ErrorCode.FORBIDDEN, "anonymous connections cannot refresh", ref)
-        if self._by_token is None:
-            return Error(ErrorCode.FORBIDDEN, "this server does not accept tokens", ref)
-        try:
-            principal = await self._by_token(token)
-        except AuthenticationError as exc:
-            log_refresh_refused(connection, str(exc))
-            return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
-        if principal.user_id != connection.principal.user_id:
-            log_refresh_refused(connection, "the token is for another user")
-            return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
-        connection.principal = principal
-        expiry.deadline = self._deadline(principal)
-        log_refreshed(connection)
-        # The new token decides from now on: leave the topics it no longer allows, each
-        # announced with an unsubscribed frame (no ref: the server initiated it).
-        for topic in sorted(connection.topics):
-            if not await self._may_subscribe(principal, topic):
-                await self.hub.unsubscribe(connection, topic)
-                connection.offer(encode(Unsubscribed(topic)))
-        return Refreshed(_unix(principal.expires_at), ref)
-
     # --- checks ---------------------------------------------------------------------------
 
     def _origin_allowed(self, handshake: Handshake) -> bool:
@@ -587,7 +431,7 @@ class Gateway:
             return True
         return origin.rstrip("/").lower() in self.allowed_origins
 
-    def _deadline(self, principal: Principal) -> float:
+    def deadline(self, principal: Principal) -> float:
         """The token's expiry on anyio's clock (``inf`` for a token that never expires)."""
         if principal.expires_at is None:
             return math.inf
@@ -602,28 +446,17 @@ class Gateway:
                 return Principal(None)
             raise AuthenticationError("not authenticated: log in first")
         token = handshake.bearer_token()
-        if token is None or self._by_token is None:
+        if token is None or self.verify_token is None:
             if self.allow_anonymous:
                 return Principal(None)
             raise AuthenticationError(
                 "no token: send 'Authorization: Bearer <jwt>', a 'bearer.<jwt>' subprotocol "
                 "or a 'token' query parameter"
             )
-        return await self._by_token(token)
-
-
-def _too_large(message: str | bytes, limit: int) -> bool:
-    if len(message) > limit:
-        return True
-    # A character is at most 4 UTF-8 bytes: only encode when the count alone cannot tell.
-    return isinstance(message, str) and len(message) * 4 > limit and len(message.encode()) > limit
+        return await self.verify_token(token)
 
 
 def _resume(handshake: Handshake) -> dict[str, Position] | None:
     """The positions of the ``resume`` query parameter, if any (ProtocolError if invalid)."""
     text = handshake.query.get("resume")
     return None if text is None else parse_positions(text)
-
-
-def _unix(expires_at: float | None) -> int | None:
-    return None if expires_at is None else int(expires_at)

@@ -26,6 +26,8 @@ LAYERS = [
             "notifykit.connection",
             "notifykit.gateway",
             "notifykit.hub",
+            "notifykit.router",
+            "notifykit.session",
             "notifykit.auth",
             "notifykit.metrics",
             "notifykit.connlog",
