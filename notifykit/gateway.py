@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -60,8 +61,6 @@ from .wire import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
-
-    from anyio.abc import TaskGroup
 
     from .hub import Hub
     from .protocols import Authenticator, HandshakeAuthenticator, TopicPolicy, Transport
@@ -219,44 +218,48 @@ class Gateway:
             )
             return
         try:
-            await self._serve(transport, handshake, subprotocol)
+            admitted = await self._admit(transport, handshake, subprotocol)
+            del handshake  # nothing of the request stays alive as long as the connection
+            if admitted is not None:
+                principal, resume, client = admitted
+                try:
+                    await self._run(transport, subprotocol, principal, resume, client)
+                finally:
+                    if principal.user_id is not None:
+                        slots.give_back_user(principal.user_id)
         finally:
             slots.give_back()
 
-    async def _serve(
+    async def _admit(
         self, transport: Transport, handshake: Handshake, subprotocol: str | None
-    ) -> None:
-        """Check the client, then serve it (if its user has a connection left)."""
+    ) -> tuple[Principal, dict[str, Position] | None, str | None] | None:
+        """Check the client: its origin, its login, its ``resume``, its user's connections.
+        Return what serving it needs, or None once it was refused (accepted, then closed)."""
         metrics = self.hub.metrics
+        client = handshake.client
         if not self._origin_allowed(handshake):
             metrics["origin_refusals"] += 1
             await self._refuse(
-                transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed", handshake.client
+                transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed", client
             )
-            return
+            return None
         try:
             principal = await self._authenticate(handshake)
         except AuthenticationError as exc:
             metrics["auth_failures"] += 1
-            await self._refuse(
-                transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc), handshake.client
-            )
-            return
+            await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc), client)
+            return None
         try:
             resume = _resume(handshake)
         except ProtocolError as exc:
             metrics["bad_frames"] += 1
-            await self._refuse(
-                transport, subprotocol, CloseCode.BAD_FRAME, str(exc), handshake.client
-            )
-            return
+            await self._refuse(transport, subprotocol, CloseCode.BAD_FRAME, str(exc), client)
+            return None
         if not self.hub.running:
             await self._refuse(
-                transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running", handshake.client
+                transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running", client
             )
-            return
-        client = handshake.client
-        del handshake  # nothing of the request stays alive as long as the connection
+            return None
         user_id = principal.user_id
         if user_id is not None and not self.slots.take_user(user_id):
             metrics["user_limit_refusals"] += 1
@@ -278,30 +281,60 @@ class Gateway:
                 f"too many connections for this user (at most {self.slots.per_user})",
                 client,
             )
-            return
-        connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
-        try:
-            await self._run(connection, transport, subprotocol, resume, client)
-        finally:
-            if user_id is not None:
-                self.slots.give_back_user(user_id)
+            return None
+        return principal, resume, client
 
     async def _run(
         self,
-        connection: Connection,
         transport: Transport,
         subprotocol: str | None,
+        principal: Principal,
         resume: dict[str, Position] | None,
         client: str | None,
     ) -> None:
-        """Accept the connection, serve it until it ends, close it, and clean up after it."""
+        """Accept the connection, register it, serve it until it ends, close it, and clean up
+        after it. (One coroutine for all of it: each frame on the way is memory that a
+        connection holds for as long as it lives.)"""
         metrics = self.hub.metrics
+        connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
         log_opened(connection, client)
         try:
             async with anyio.create_task_group() as writers:
-                await self._converse(connection, transport, writers, resume)
+                try:
+                    # close() cancels this scope; its deadline is the token's expiry, which a
+                    # refresh moves.
+                    with anyio.CancelScope(deadline=self.deadline(principal)) as scope:
+                        connection.bind(scope)
+                        # The welcome is queued once registered, before what was missed: it is
+                        # always the first frame, and it promises that later notifications
+                        # will arrive.
+                        await self.hub.attach(
+                            connection, resume=resume, greeting=partial(_welcome, connection)
+                        )
+                        connection.start_sending(transport, writers)
+                        await Session(self, connection, scope).run(transport)
+                    if connection.close_code is None and anyio.current_time() >= scope.deadline:
+                        connection.close(CloseCode.UNAUTHORIZED, "token expired")
+                except (PropagationError, NotRunning) as exc:
+                    logger.warning(
+                        "could not register connection %s of user %r: %s",
+                        connection.id,
+                        connection.user_id,
+                        exc,
+                        extra=log_fields(connection),
+                    )
+                    connection.release()  # drop the queued welcome: it must not be sent
+                    connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
+                except Exception:
+                    logger.exception(
+                        "connection %s of user %r failed",
+                        connection.id,
+                        connection.user_id,
+                        extra=log_fields(connection),
+                    )
+                    connection.close(CloseCode.INTERNAL_ERROR, "internal error")
                 self.hub.unregister(connection)
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
@@ -329,58 +362,6 @@ class Gateway:
             metrics["connections_closed"] += 1
             count_end(metrics, connection)
             log_closed(connection)
-
-    async def _converse(
-        self,
-        connection: Connection,
-        transport: Transport,
-        writers: TaskGroup,
-        resume: dict[str, Position] | None,
-    ) -> None:
-        """Register the connection, send its welcome, and serve it until it ends."""
-
-        def welcome(registration: Registration) -> str:
-            principal = connection.principal
-            return encode(
-                Welcome(
-                    connection.id,
-                    principal.user_id,
-                    unix_seconds(principal.expires_at),
-                    registration.positions,
-                    registration.recovered,
-                )
-            )
-
-        try:
-            # close() cancels this scope; its deadline is the token's expiry, which a refresh
-            # moves.
-            with anyio.CancelScope(deadline=self.deadline(connection.principal)) as scope:
-                connection.bind(scope)
-                # The welcome is queued once registered, before what was missed: it is always
-                # the first frame, and it promises that later notifications will arrive.
-                await self.hub.attach(connection, resume=resume, greeting=welcome)
-                connection.start_sending(transport, writers)
-                await Session(self, connection, scope).run(transport)
-            if connection.close_code is None and anyio.current_time() >= scope.deadline:
-                connection.close(CloseCode.UNAUTHORIZED, "token expired")
-        except (PropagationError, NotRunning) as exc:
-            logger.warning(
-                "could not register connection %s of user %r: %s",
-                connection.id,
-                connection.user_id,
-                exc,
-                extra=log_fields(connection),
-            )
-            connection.release()  # drop the queued welcome: it must not be sent
-            connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
-        except Exception:
-            logger.exception(
-                "connection %s of user %r failed",
-                connection.id,
-                connection.user_id,
-                extra=log_fields(connection),
-            )
-            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(
         self, connection: Connection, transport: Transport, deadline: float | None
@@ -454,6 +435,20 @@ class Gateway:
                 "or a 'token' query parameter"
             )
         return await self.verify_token(token)
+
+
+def _welcome(connection: Connection, registration: Registration) -> str:
+    """The ``welcome`` frame of ``connection``, with what its registration found."""
+    principal = connection.principal
+    return encode(
+        Welcome(
+            connection.id,
+            principal.user_id,
+            unix_seconds(principal.expires_at),
+            registration.positions,
+            registration.recovered,
+        )
+    )
 
 
 def _resume(handshake: Handshake) -> dict[str, Position] | None:

@@ -342,7 +342,7 @@ class Hub:
         Idempotent.
         """
         self.router.leave(connection, list(connection.keys))
-        connection.topics.clear()
+        connection.topics = frozenset()
 
     async def detach(self, connection: Connection) -> None:
         """Unregister a connection (if :meth:`unregister` was not called yet), then unsubscribe
@@ -404,19 +404,19 @@ class Hub:
             if greeting is not None:
                 connection.offer(greeting(registration))
             return registration
-        connection.topics.add(topic)
+        connection.topics |= {topic}
         try:
             return await self.router.catch_up(
                 connection, (key,), None if since is None else {key: since}, greeting
             )
         except PropagationError:
-            connection.topics.discard(topic)
+            connection.topics -= {topic}
             await self.router.unsubscribe_orphans(connection, (key,))
             raise
 
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Remove ``topic`` from a connection; a no-op if it was not subscribed."""
-        connection.topics.discard(topic)
+        connection.topics -= {topic}
         key = topic_key(topic)
         self.router.leave(connection, (key,))
         await self.router.unsubscribe_orphans(connection, (key,))
