@@ -15,7 +15,7 @@ A first, shorter round warms the instances up; after each round every client lea
   only the instances' own subscriber connections (``CLIENT LIST TYPE pubsub``);
 * no key holds more entries than the history size, and ``DBSIZE`` is bounded and no larger
   than after the warm-up (the same users and topics);
-* each instance's RSS is back within 5% (or 4 MiB) of its warm-up value, measured once glibc
+* each instance's RSS is back within 5% (or 6 MiB) of its warm-up value, measured once glibc
   handed back the memory it keeps free (``trimmed_serve.py`` runs ``notifykit serve`` with a
   SIGUSR1 handler that trims; the untrimmed RSS is printed too: tens of MiB above, which a
   trim returns, and which the next churn reuses); its open files are those it had after the
@@ -78,7 +78,7 @@ LIVE = (2.0, 8.0)  # seconds a client stays connected
 GAP = (0.1, 1.0)  # seconds it stays away before it resumes
 RATES = {"user": 80.0, "topic": 8.0, "all": 2.0}  # notifications per second, in all
 RSS_MARGIN = 0.05  # RSS (after a trim) after the soak may exceed its warm-up value by this share
-RSS_SLACK_KB = 4 * 1024  # ...or by this much, whichever is larger
+RSS_SLACK_KB = 6 * 1024  # ...or by this much, whichever is larger (pymalloc arenas settle)
 KEYS_PER_STREAM = 3  # what a stream may cost in Redis keys (entries, counter, epoch)
 REDIS_CONNECTIONS = 8  # an instance's connections to Redis: subscriber, publisher, presence...
 SOAK_CLIENTS = Path(__file__).resolve().parent / "soak_clients.py"
