@@ -3,12 +3,15 @@
 :func:`start_serve` runs ``notifykit serve`` (``python -m notifykit serve`` from this venv) in a
 subprocess on a free port and returns once ``/healthz`` answers; :func:`start_app` does the same
 for any ASGI app under uvicorn. Their output goes to files; :func:`log_on_failure` shows it
-with a failing test. The client helpers below speak to them with ``websockets`` and ``httpx``.
-Every wait is bounded.
+with a failing test. The client helpers below speak to them with ``httpx`` and as clients of
+the service: :func:`notify_client` opens notifykit's own :class:`~notifykit.client.NotifyClient`
+(the client the project ships), :func:`client` a raw ``websockets`` connection for the tests
+that are about the protocol itself (exact frames, close codes, handshakes). Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -32,7 +35,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from notifykit.client import Backoff, ConnectionState, NotifyClient, StateChange
 from notifykit.jwt import mint_token
+from notifykit.wire import Notification
 
 SECRET = "e2e-secret-" + "0123456789abcdef" * 3
 """The JWT secret every test server is started with."""
@@ -41,6 +46,10 @@ API_KEY = "e2e-api-key-0123456789"
 SUBPROTOCOL = "notifykit.v1"
 STARTUP_TIMEOUT = 20.0
 FRAME_TIMEOUT = 5.0
+OPEN_TIMEOUT = 10.0
+"""How long :func:`notify_client` waits for its client to be ``open``."""
+FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5)
+"""The reconnection backoff of test clients: quick, but never zero."""
 
 
 def free_port() -> int:
@@ -293,6 +302,71 @@ async def client(
         yield ws
 
 
+class Listener(NotifyClient):
+    """notifykit's :class:`~notifykit.client.NotifyClient`, as a test uses it: it records its
+    state changes and every notification it handed out, and each wait is bounded.
+
+    Everything else — connecting, the token, subscribing, reconnecting, resuming — is the
+    shipped client's own behaviour. Open one with :func:`notify_client`.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.changes: list[StateChange] = []
+        """Every state change so far, in order."""
+        self.received: list[Notification] = []
+        """Every notification :meth:`next` returned, in order."""
+        self._changed = asyncio.Event()
+        super().__init__(url, on_state=self._record, **options)
+
+    def _record(self, change: StateChange) -> None:
+        self.changes.append(change)
+        self._changed.set()
+
+    def count(self, state: ConnectionState) -> int:
+        """How many times the client entered ``state``."""
+        return sum(1 for change in self.changes if change.state is state)
+
+    async def wait_for(self, done: Callable[[], bool], within: float = OPEN_TIMEOUT) -> None:
+        """Wait until ``done()`` holds, checked after each state change; fail after
+        ``within`` seconds."""
+        with anyio.fail_after(within):
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def next(self, within: float = FRAME_TIMEOUT) -> Notification:
+        """The next notification; fails the test if none comes ``within`` seconds."""
+        with anyio.fail_after(within):
+            received = await anext(self)
+        self.received.append(received)
+        return received
+
+    async def ids_until(self, last_id: str) -> list[str]:
+        """The ids of the notifications before the one with ``last_id`` (each wait bounded)."""
+        ids = []
+        while (received := await self.next()).id != last_id:
+            ids.append(received.id)
+        return ids
+
+
+@contextlib.asynccontextmanager
+async def notify_client(
+    server: Server, tok: str | None = None, *, path: str = "/ws", **options: Any
+) -> AsyncIterator[Listener]:
+    """A :class:`Listener` (notifykit's ``NotifyClient``) connected to ``server``, once it is
+    ``open``: its welcome came and the ``topics=`` it was given are subscribed.
+
+    ``tok`` is a fixed token (None: anonymous, or give ``token_factory=``); other keyword
+    arguments are ``NotifyClient`` options (``topics``, ``positions``, ``origin``, ``headers``,
+    ...). It reconnects with :data:`FAST_BACKOFF` unless told otherwise. Closed (1000) on exit.
+    """
+    options.setdefault("backoff", FAST_BACKOFF)
+    async with Listener(server.ws_url + path, token=tok, **options) as listener:
+        with anyio.fail_after(OPEN_TIMEOUT):
+            await listener.wait_open()
+        yield listener
+
+
 def upgrade_request(port: int, *headers: str, target: str = "/ws") -> bytes:
     """The bytes of a websocket upgrade request, for raw-socket tests, with extra
     ``headers`` (``"Name: value"``)."""
@@ -365,14 +439,20 @@ async def notification(ws: ClientConnection) -> dict[str, Any]:
     return frame
 
 
-async def sentinel(via: Server, *sockets: ClientConnection) -> str:
-    """Broadcast a sentinel through ``via``; it must be the next frame on each socket.
+async def sentinel(via: Server, *receivers: Listener | ClientConnection) -> str:
+    """Broadcast a sentinel through ``via``; it must be the next notification of each client
+    (a :class:`Listener` or a raw socket).
 
-    Proves absence: whatever a socket should not have received would have come before it."""
+    Proves absence: whatever a client should not have received would have come before it."""
     sentinel_id = await publish(via, {"event": "sentinel", "broadcast": True})
-    for ws in sockets:
-        frame = await notification(ws)
-        assert (frame["event"], frame["id"]) == ("sentinel", sentinel_id), frame
+    for receiver in receivers:
+        if isinstance(receiver, Listener):
+            got: Any = await receiver.next()
+            event, notification_id = got.event, got.id
+        else:
+            got = await notification(receiver)
+            event, notification_id = got["event"], got["id"]
+        assert (event, notification_id) == ("sentinel", sentinel_id), got
     return sentinel_id
 
 

@@ -1,5 +1,9 @@
 """End to end: ``notifykit serve`` in a subprocess, real websocket clients, publishing over HTTP.
 
+Where a test is a client of the service (receiving, subscribing), the client is notifykit's own
+``NotifyClient`` (``notify_client``); where it is about the protocol itself (exact frames, close
+codes, handshakes, malformed input), a raw ``websockets`` connection (``client``).
+
 Absence is proven with a sentinel: after a targeted notification, a broadcast sentinel is
 published; a connection that must not receive the first one sees the sentinel as its next frame
 (delivery to one connection is in publish order).
@@ -26,6 +30,7 @@ from servers_e2e import (
     closed,
     log_on_failure,
     notification,
+    notify_client,
     publish,
     recv,
     send,
@@ -36,6 +41,8 @@ from servers_e2e import (
     welcome,
 )
 from websockets.asyncio.client import connect
+
+from notifykit.client import RequestRefused
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -77,72 +84,81 @@ async def test_every_connection_of_a_user_receives_it_and_other_users_do_not(
     server: Server,
 ) -> None:
     async with (
-        client(server, token("alice")) as alice1,
-        client(server, token("alice"), via="query") as alice2,
-        client(server, token("bob")) as bob,
+        notify_client(server, token("alice")) as alice1,
+        notify_client(server, token("alice")) as alice2,
+        notify_client(server, token("bob")) as bob,
     ):
-        for ws in (alice1, alice2, bob):
-            await welcome(ws)
+        assert (alice1.user, alice2.user, bob.user) == ("alice", "alice", "bob")
         sent = await publish(server, {"event": "order.shipped", "data": {"id": 7}, "user": "alice"})
-        for ws in (alice1, alice2):
-            frame = await notification(ws)
-            assert frame["id"] == sent
-            assert (frame["event"], frame["data"]) == ("order.shipped", {"id": 7})
-            assert isinstance(frame["ts"], int)
+        for alice in (alice1, alice2):
+            got = await alice.next()
+            assert (got.id, got.event, got.data, got.topic) == (
+                sent,
+                "order.shipped",
+                {"id": 7},
+                None,
+            )
+            assert isinstance(got.ts, int)
         await sentinel(server, alice1, alice2, bob)  # bob got nothing, alice no duplicate
 
 
 async def test_users_target_reaches_each_listed_user_once(server: Server) -> None:
     async with (
-        client(server, token("ann")) as ann,
-        client(server, token("ben")) as ben,
-        client(server, token("cat")) as cat,
+        notify_client(server, token("ann")) as ann,
+        notify_client(server, token("ben")) as ben,
+        notify_client(server, token("cat")) as cat,
     ):
-        for ws in (ann, ben, cat):
-            await welcome(ws)
         sent = await publish(server, {"event": "team.update", "users": ["ann", "ben", "ann"]})
-        assert (await notification(ann))["id"] == sent
-        assert (await notification(ben))["id"] == sent
+        assert (await ann.next()).id == sent
+        assert (await ben.next()).id == sent
         await sentinel(server, ann, ben, cat)
 
 
 async def test_a_topic_reaches_exactly_its_subscribers(server: Server) -> None:
     member = token("dora", topics=["team:7:*", "doc:42"])
     async with (
-        client(server, member) as dora,
-        client(server, member) as dora_elsewhere,
-        client(server, token("eve", topics=["team:*"])) as eve,
+        notify_client(server, member) as dora,
+        notify_client(server, member) as dora_elsewhere,
+        notify_client(server, token("eve", topics=["team:*"])) as eve,
     ):
-        for ws in (dora, dora_elsewhere, eve):
-            await welcome(ws)
-        await send(dora, {"type": "subscribe", "topic": "team:7:chat", "ref": "s1"})
-        reply = await recv(dora)
-        assert (reply["type"], reply["topic"], reply["ref"]) == ("subscribed", "team:7:chat", "s1")
-        assert reply["position"]["offset"] == 0
-        await send(eve, {"type": "subscribe", "topic": "team:7:chat"})
-        reply = await recv(eve)
-        assert (reply["type"], reply["topic"], "ref" in reply) == (
-            "subscribed",
-            "team:7:chat",
-            False,
-        )
-        await send(dora, {"type": "subscribe", "topic": "doc:42"})
-        assert (await recv(dora))["type"] == "subscribed"
+        await dora.subscribe("team:7:chat")
+        await eve.subscribe("team:7:chat")
+        await dora.subscribe("doc:42")
+        assert dora.topics == {"team:7:chat", "doc:42"}
 
         sent = await publish(server, {"event": "chat", "data": "hi", "topic": "team:7:chat"})
-        for ws in (dora, eve):
-            frame = await notification(ws)
-            assert (frame["id"], frame["topic"]) == (sent, "team:7:chat")
+        for subscriber in (dora, eve):
+            got = await subscriber.next()
+            assert (got.id, got.topic, got.data) == (sent, "team:7:chat", "hi")
         await publish(server, {"event": "doc", "topic": "doc:42"})
-        assert (await notification(dora))["event"] == "doc"
+        assert (await dora.next()).event == "doc"
         # dora_elsewhere is the same user but never subscribed: topics are per connection.
         await sentinel(server, dora, dora_elsewhere, eve)
 
-        await send(dora, {"type": "unsubscribe", "topic": "team:7:chat", "ref": "u1"})
-        assert await recv(dora) == {"type": "unsubscribed", "topic": "team:7:chat", "ref": "u1"}
+        await dora.unsubscribe("team:7:chat")
         await publish(server, {"event": "chat", "topic": "team:7:chat"})
-        assert (await notification(eve))["event"] == "chat"
+        assert (await eve.next()).event == "chat"
         await sentinel(server, dora, eve)
+
+
+async def test_subscribe_and_unsubscribe_answer_with_the_ref_they_were_given(
+    server: Server,
+) -> None:
+    async with client(server, token("dee", topics=["team:*"])) as ws:
+        await welcome(ws)
+        await send(ws, {"type": "subscribe", "topic": "team:5:refs", "ref": "s1"})
+        reply = await recv(ws)
+        assert (reply["type"], reply["topic"], reply["ref"]) == ("subscribed", "team:5:refs", "s1")
+        assert reply["position"]["offset"] == 0  # nothing was ever sent to this topic
+        await send(ws, {"type": "subscribe", "topic": "team:6:refs"})
+        reply = await recv(ws)
+        assert (reply["type"], reply["topic"], "ref" in reply) == (
+            "subscribed",
+            "team:6:refs",
+            False,
+        )
+        await send(ws, {"type": "unsubscribe", "topic": "team:5:refs", "ref": "u1"})
+        assert await recv(ws) == {"type": "unsubscribed", "topic": "team:5:refs", "ref": "u1"}
 
 
 @pytest.mark.parametrize(
@@ -157,52 +173,48 @@ async def test_a_topic_reaches_exactly_its_subscribers(server: Server) -> None:
 async def test_a_subscription_the_policy_refuses_gets_forbidden_and_no_notifications(
     server: Server, claims: dict[str, Any], topic: str
 ) -> None:
-    async with client(server, token("fay", **claims)) as ws:
-        await welcome(ws)
-        await send(ws, {"type": "subscribe", "topic": topic, "ref": "x"})
-        frame = await recv(ws)
-        assert (frame["type"], frame["code"], frame["ref"]) == ("error", "forbidden", "x")
-        assert topic in frame["message"]
+    async with notify_client(server, token("fay", **claims)) as fay:
+        with pytest.raises(RequestRefused) as refused:
+            await fay.subscribe(topic)
+        assert refused.value.code == "forbidden"
+        assert topic in refused.value.message
+        assert fay.topics == frozenset()
         await publish(server, {"event": "secret", "topic": topic})
-        await sentinel(server, ws)
+        await sentinel(server, fay)
 
 
 async def test_an_invalid_topic_name_gets_invalid_topic(server: Server) -> None:
-    async with client(server, token("gus", topics=["*"])) as ws:
-        await welcome(ws)
-        await send(ws, {"type": "subscribe", "topic": "no spaces allowed"})
-        frame = await recv(ws)
-        assert (frame["type"], frame["code"]) == ("error", "invalid_topic")
+    async with notify_client(server, token("gus", topics=["*"])) as gus:
+        with pytest.raises(RequestRefused) as refused:
+            await gus.subscribe("no spaces allowed")
+        assert refused.value.code == "invalid_topic"
 
 
 async def test_authenticated_reaches_every_authenticated_connection_but_not_anonymous(
     server: Server,
 ) -> None:
     async with (
-        client(server, token("hal")) as hal,
-        client(server, token("ivy")) as ivy,
-        client(server) as anonymous,
+        notify_client(server, token("hal")) as hal,
+        notify_client(server, token("ivy")) as ivy,
+        notify_client(server) as anonymous,
     ):
-        assert (await welcome(anonymous))["user"] is None
-        for ws in (hal, ivy):
-            await welcome(ws)
+        assert anonymous.user is None
         sent = await publish(server, {"event": "maintenance", "authenticated": True})
-        for ws in (hal, ivy):
-            assert (await notification(ws))["id"] == sent
+        for each in (hal, ivy):
+            assert (await each.next()).id == sent
         await sentinel(server, hal, ivy, anonymous)
 
 
 async def test_broadcast_reaches_every_connection_including_anonymous(server: Server) -> None:
-    async with client(server, token("jan")) as jan, client(server) as anonymous:
-        await welcome(jan)
-        await welcome(anonymous)
+    async with notify_client(server, token("jan")) as jan, notify_client(server) as anonymous:
         sent = await publish(server, {"event": "hello", "data": [1, 2], "broadcast": True})
-        for ws in (jan, anonymous):
-            frame = await notification(ws)
-            assert (frame["id"], frame["data"]) == (sent, [1, 2])
+        for each in (jan, anonymous):
+            got = await each.next()
+            assert (got.id, got.data) == (sent, [1, 2])
 
 
 async def test_anonymous_connections_cannot_subscribe_or_refresh(server: Server) -> None:
+    # Raw frames: NotifyClient never sends a refresh without a token factory.
     async with client(server) as anonymous:
         await welcome(anonymous)
         await send(anonymous, {"type": "subscribe", "topic": "news"})
@@ -213,19 +225,17 @@ async def test_anonymous_connections_cannot_subscribe_or_refresh(server: Server)
 
 async def test_exclude_skips_exactly_that_connection(server: Server) -> None:
     async with (
-        client(server, token("lea")) as sender,
-        client(server, token("lea")) as other_tab,
-        client(server, token("max")) as max_,
+        notify_client(server, token("lea")) as sender,
+        notify_client(server, token("lea")) as other_tab,
+        notify_client(server, token("max")) as max_,
     ):
-        sender_id = (await welcome(sender))["connection_id"]
-        await welcome(other_tab)
-        await welcome(max_)
+        sender_id = sender.connection_id
         sent = await publish(server, {"event": "edit", "user": "lea", "exclude": sender_id})
-        assert (await notification(other_tab))["id"] == sent
+        assert (await other_tab.next()).id == sent
         await sentinel(server, sender, other_tab, max_)
         sent = await publish(server, {"event": "all", "broadcast": True, "exclude": sender_id})
-        assert (await notification(other_tab))["id"] == sent
-        assert (await notification(max_))["id"] == sent
+        assert (await other_tab.next()).id == sent
+        assert (await max_.next()).id == sent
         await sentinel(server, sender, other_tab, max_)
 
 
@@ -234,30 +244,27 @@ async def test_exclude_skips_exactly_that_connection(server: Server) -> None:
 
 async def test_connections_are_counted_and_disconnects_leave_no_state(server: Server) -> None:
     async with (
-        client(server, token("ned")) as a,
-        client(server, token("ned")) as b,
-        client(server, token("oli")) as c,
-        client(server) as anonymous,
+        notify_client(server, token("ned")),
+        notify_client(server, token("ned")),
+        notify_client(server, token("oli")),
+        notify_client(server),
     ):
-        for ws in (a, b, c, anonymous):
-            await welcome(ws)
         body = await wait_for_health(server, lambda h: h["connections"] == 4)
         assert body == {"status": "ok", "connections": 4, "users": 2}
 
     async def churn(i: int) -> None:
         tok = token(f"churn-{i % 25}", topics=["room:*"]) if i % 7 else None
-        async with connect(
-            f"{server.ws_url}/ws",
-            additional_headers={"Authorization": f"Bearer {tok}"} if tok else {},
-            open_timeout=FRAME_TIMEOUT,
-            close_timeout=1,
-        ) as ws:
+        topics = [f"room:{i % 5}"] if tok is not None and i % 2 else []
+        if i % 3:
+            async with notify_client(server, tok, topics=topics) as each:
+                assert each.topics == set(topics)
+            return
+        async with client(server, tok) as ws:  # raw, to vanish without a close handshake
             await welcome(ws)
-            if tok is not None and i % 2:
-                await send(ws, {"type": "subscribe", "topic": f"room:{i % 5}"})
+            for topic in topics:
+                await send(ws, {"type": "subscribe", "topic": topic})
                 assert (await recv(ws))["type"] == "subscribed"
-            if i % 3 == 0:
-                ws.transport.abort()  # gone without a close handshake
+            ws.transport.abort()
 
     for batch in range(10):  # 200 connections, 20 at a time
         async with anyio.create_task_group() as tasks:

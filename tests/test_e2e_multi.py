@@ -1,14 +1,15 @@
 """Many instances, one deployment: ``notifykit serve`` processes sharing a real Redis.
 
 Three instances started with ``--redis-url`` (and, for the same tests, ``--redis-cluster-url``
-on a real 3-master Redis Cluster) serve websocket clients; notifications are published through
-one instance's HTTP API, or through the Python API of a separate process that only publishes,
-and must reach the user wherever the user is connected — and nowhere else.
+on a real 3-master Redis Cluster) serve websocket clients — notifykit's own ``NotifyClient``
+(``notify_client``); notifications are published through one instance's HTTP API, or through
+the Python API of a separate process that only publishes, and must reach the user wherever the
+user is connected — and nowhere else.
 
 Absence is proven with a sentinel broadcast: delivery to one connection is in publish order, so
-a connection that must not receive a notification sees the sentinel as its next frame. Counting
-frames up to the sentinel proves "exactly once". Then what a single Redis must survive: a restart
-under connected clients, and being down when an instance starts.
+a connection that must not receive a notification sees the sentinel as its next notification.
+Counting notifications up to the sentinel proves "exactly once". Then what a single Redis must
+survive: a restart under connected clients, and being down when an instance starts.
 """
 
 from __future__ import annotations
@@ -28,23 +29,22 @@ from servers_e2e import (
     API_KEY,
     FRAME_TIMEOUT,
     SECRET,
+    Listener,
     Server,
     clean_env,
-    client,
     health,
     log_on_failure,
     metrics,
-    notification,
+    notify_client,
     publish,
-    recv,
-    send,
     sentinel,
     start_serve,
     start_serves,
     token,
     wait_for_health,
-    welcome,
 )
+
+from notifykit.client import ConnectionState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.redis]
 
@@ -161,14 +161,6 @@ def _instance_logs(request: pytest.FixtureRequest) -> Iterator[None]:
 # --- helpers ------------------------------------------------------------------------------
 
 
-async def ids_until(ws: Any, last_id: str) -> list[str]:
-    """The ids of the notifications before the one with ``last_id`` (each wait bounded)."""
-    ids = []
-    while (frame := await notification(ws))["id"] != last_id:
-        ids.append(frame["id"])
-    return ids
-
-
 async def publish_from_python(deployed: Deployment, target: str, event: str) -> str:
     """Run the publish-only process (``target`` a user id, or "*" to broadcast); its id."""
     argv = [sys.executable, "-c", PUBLISHER, deployed.backend, deployed.url, deployed.prefix]
@@ -210,9 +202,9 @@ async def readyz(server: Server) -> int:
         return (await http.get(f"{server.url}/readyz")).status_code
 
 
-async def welcome_all(*sockets: Any) -> list[str]:
-    """Receive every socket's ``welcome``; their connection ids."""
-    return [(await welcome(ws))["connection_id"] for ws in sockets]
+def connection_ids(*listeners: Listener) -> list[str | None]:
+    """The ids of the clients' open connections."""
+    return [listener.connection_id for listener in listeners]
 
 
 # --- one deployment, many instances ---------------------------------------------------------
@@ -223,30 +215,25 @@ async def test_a_user_on_instances_1_and_3_receives_what_instance_2_or_a_python_
 ) -> None:
     one, two, three = deployment.instances
     async with (
-        client(one, token("ada")) as ada_on_1,
-        client(three, token("ada")) as ada_on_3,
-        client(one, token("bob")) as bob_on_1,
-        client(two, token("bob")) as bob_on_2,
-        client(three, token("cy")) as cy_on_3,
-        client(two) as anonymous_on_2,
+        notify_client(one, token("ada")) as ada_on_1,
+        notify_client(three, token("ada")) as ada_on_3,
+        notify_client(one, token("bob")) as bob_on_1,
+        notify_client(two, token("bob")) as bob_on_2,
+        notify_client(three, token("cy")) as cy_on_3,
+        notify_client(two) as anonymous_on_2,
     ):
         everyone = (ada_on_1, ada_on_3, bob_on_1, bob_on_2, cy_on_3, anonymous_on_2)
-        await welcome_all(*everyone)
 
         sent = await publish(two, {"event": "order.shipped", "data": {"id": 7}, "user": "ada"})
-        for ws in (ada_on_1, ada_on_3):
-            frame = await notification(ws)
-            assert (frame["id"], frame["event"], frame["data"]) == (
-                sent,
-                "order.shipped",
-                {"id": 7},
-            )
+        for ada in (ada_on_1, ada_on_3):
+            got = await ada.next()
+            assert (got.id, got.event, got.data) == (sent, "order.shipped", {"id": 7})
         await sentinel(two, *everyone)  # nobody else received it, and ada no duplicate
 
         printed = await publish_from_python(deployment, "ada", "from.python")
-        for ws in (ada_on_1, ada_on_3):
-            frame = await notification(ws)
-            assert (frame["id"], frame["data"]) == (printed, {"via": "python"})
+        for ada in (ada_on_1, ada_on_3):
+            got = await ada.next()
+            assert (got.id, got.data) == (printed, {"via": "python"})
         await sentinel(one, *everyone)
 
 
@@ -255,23 +242,22 @@ async def test_broadcast_reaches_every_connection_on_every_instance_exactly_once
 ) -> None:
     one, two, three = deployment.instances
     async with (
-        client(one, token("dan")) as dan_on_1,
-        client(one) as anonymous_on_1,
-        client(two, token("dan")) as dan_on_2,
-        client(two, token("eli")) as eli_on_2,
-        client(three) as anonymous_on_3,
-        client(three, token("fay")) as fay_on_3,
+        notify_client(one, token("dan")) as dan_on_1,
+        notify_client(one) as anonymous_on_1,
+        notify_client(two, token("dan")) as dan_on_2,
+        notify_client(two, token("eli")) as eli_on_2,
+        notify_client(three) as anonymous_on_3,
+        notify_client(three, token("fay")) as fay_on_3,
     ):
         everyone = (dan_on_1, anonymous_on_1, dan_on_2, eli_on_2, anonymous_on_3, fay_on_3)
-        await welcome_all(*everyone)
         sent = [
             await publish(instance, {"event": "news", "broadcast": True})
             for instance in deployment.instances
         ]
         sent.append(await publish_from_python(deployment, "*", "news"))
         last = await publish(two, {"event": "sentinel", "broadcast": True})
-        for ws in everyone:
-            assert await ids_until(ws, last) == sent  # each once, in publish order
+        for each in everyone:
+            assert await each.ids_until(last) == sent  # each once, in publish order
 
 
 async def test_topic_subscribers_on_every_instance_receive_a_topic_notification(
@@ -280,28 +266,25 @@ async def test_topic_subscribers_on_every_instance_receive_a_topic_notification(
     one, two, three = deployment.instances
     member = token("gus", topics=["room:*"])
     async with (
-        client(one, member) as on_1,
-        client(two, token("hal", topics=["room:9"])) as on_2,
-        client(three, token("ivy", topics=["*"])) as on_3,
-        client(three, member) as not_subscribed_on_3,
+        notify_client(one, member) as on_1,
+        notify_client(two, token("hal", topics=["room:9"])) as on_2,
+        notify_client(three, token("ivy", topics=["*"])) as on_3,
+        notify_client(three, member) as not_subscribed_on_3,
     ):
         subscribers = (on_1, on_2, on_3)
-        await welcome_all(*subscribers, not_subscribed_on_3)
-        for ws in subscribers:
-            await send(ws, {"type": "subscribe", "topic": "room:9"})
-            assert await recv(ws) == {"type": "subscribed", "topic": "room:9"}
+        for subscriber in subscribers:
+            await subscriber.subscribe("room:9")
 
         sent = await publish(two, {"event": "chat", "data": "hi", "topic": "room:9"})
-        for ws in subscribers:
-            frame = await notification(ws)
-            assert (frame["id"], frame["topic"], frame["data"]) == (sent, "room:9", "hi")
+        for subscriber in subscribers:
+            got = await subscriber.next()
+            assert (got.id, got.topic, got.data) == (sent, "room:9", "hi")
         await sentinel(one, *subscribers, not_subscribed_on_3)
 
-        await send(on_3, {"type": "unsubscribe", "topic": "room:9"})
-        assert (await recv(on_3))["type"] == "unsubscribed"
+        await on_3.unsubscribe("room:9")
         sent = await publish(one, {"event": "chat", "topic": "room:9"})
-        for ws in (on_1, on_2):
-            assert (await notification(ws))["id"] == sent
+        for subscriber in (on_1, on_2):
+            assert (await subscriber.next()).id == sent
         await sentinel(three, *subscribers, not_subscribed_on_3)
 
 
@@ -310,18 +293,18 @@ async def test_exclude_skips_one_connection_whichever_instance_publishes(
 ) -> None:
     one, two, three = deployment.instances
     async with (
-        client(one, token("lea")) as sender_on_1,
-        client(three, token("lea")) as other_tab_on_3,
-        client(two, token("max")) as max_on_2,
+        notify_client(one, token("lea")) as sender_on_1,
+        notify_client(three, token("lea")) as other_tab_on_3,
+        notify_client(two, token("max")) as max_on_2,
     ):
-        sender_id, *_ = await welcome_all(sender_on_1, other_tab_on_3, max_on_2)
+        sender_id = sender_on_1.connection_id
         sent = await publish(two, {"event": "edit", "user": "lea", "exclude": sender_id})
-        assert (await notification(other_tab_on_3))["id"] == sent
+        assert (await other_tab_on_3.next()).id == sent
         await sentinel(two, sender_on_1, other_tab_on_3, max_on_2)
 
         sent = await publish(three, {"event": "all", "broadcast": True, "exclude": sender_id})
-        for ws in (other_tab_on_3, max_on_2):
-            assert (await notification(ws))["id"] == sent
+        for each in (other_tab_on_3, max_on_2):
+            assert (await each.next()).id == sent
         await sentinel(one, sender_on_1, other_tab_on_3, max_on_2)
 
 
@@ -329,14 +312,16 @@ async def test_a_notification_for_one_user_reaches_only_the_instance_holding_tha
     deployment: Deployment,
 ) -> None:
     one, two, three = deployment.instances
-    async with client(one, token("solo")) as solo_on_1, client(three, token("other")) as on_3:
-        await welcome_all(solo_on_1, on_3)
+    async with (
+        notify_client(one, token("solo")) as solo_on_1,
+        notify_client(three, token("other")) as on_3,
+    ):
         before = [
             (await metrics(s))["notifykit_propagator_received_total"] for s in (one, two, three)
         ]
 
         sent = await publish(two, {"event": "private", "user": "solo"})
-        assert (await notification(solo_on_1))["id"] == sent
+        assert (await solo_on_1.next()).id == sent
         await sentinel(two, solo_on_1, on_3)  # a broadcast: one message per instance with clients
 
         after = [
@@ -352,8 +337,11 @@ async def test_presence_on_any_instance_counts_the_connections_on_every_instance
     deployment: Deployment,
 ) -> None:
     one, two, three = deployment.instances
-    async with client(one, token("pia")) as pia_on_1, client(three, token("pia")) as pia_on_3:
-        id_on_1, id_on_3 = await welcome_all(pia_on_1, pia_on_3)
+    async with (
+        notify_client(one, token("pia")) as pia_on_1,
+        notify_client(three, token("pia")) as pia_on_3,
+    ):
+        id_on_1, id_on_3 = connection_ids(pia_on_1, pia_on_3)
         assert await presence(two, "pia") == {"user": "pia", "online": True, "connections": 2}
         assert deployment.presence_members("pia") == {
             f"{deployment.instance_id(0)}/{id_on_1}",  # --instance-id names the entries
@@ -380,12 +368,11 @@ async def test_an_instance_configured_only_by_environment_variables_joins_the_de
     extra = start_serve(env=env)
     try:
         with log_on_failure(request, extra):
-            async with client(extra, token("eva")) as on_extra:
-                (connection_id,) = await welcome_all(on_extra)
+            async with notify_client(extra, token("eva")) as on_extra:
                 sent = await publish(deployment.instances[1], {"event": "hi", "user": "eva"})
-                assert (await notification(on_extra))["id"] == sent
+                assert (await on_extra.next()).id == sent
                 assert deployment.presence_members("eva") == {
-                    f"{deployment.prefix}-env/{connection_id}"
+                    f"{deployment.prefix}-env/{on_extra.connection_id}"
                 }
     finally:
         extra.stop()
@@ -416,11 +403,15 @@ async def test_a_redis_restart_drops_no_client_and_delivery_resumes_on_every_ins
     instances = own_deployment.instances
     one, two, three = instances
     with log_on_failure(request, *instances):
-        async with client(one, token("rex")) as rex_on_1, client(three, token("rex")) as rex_on_3:
-            await welcome_all(rex_on_1, rex_on_3)
+        async with (
+            notify_client(one, token("rex")) as rex_on_1,
+            notify_client(three, token("rex")) as rex_on_3,
+        ):
+            rex = (rex_on_1, rex_on_3)
+            connections = connection_ids(*rex)
             sent = await publish(two, {"event": "before", "user": "rex"})
-            for ws in (rex_on_1, rex_on_3):
-                assert (await notification(ws))["id"] == sent
+            for each in rex:
+                assert (await each.next()).id == sent
             before = [
                 (await metrics(s))["notifykit_propagator_reconnects_total"] for s in instances
             ]
@@ -436,11 +427,14 @@ async def test_a_redis_restart_drops_no_client_and_delivery_resumes_on_every_ins
             await wait_all_healthy(instances, "ok")
             assert [(await health(s))["connections"] for s in instances] == [1, 0, 1]
             sent = await publish(two, {"event": "after", "user": "rex"})
-            for ws in (rex_on_1, rex_on_3):  # the same sockets: neither was dropped
-                frame = await notification(ws)
-                assert (frame["id"], frame["event"]) == (sent, "after")
-                await send(ws, {"type": "ping"})
-                assert await recv(ws) == {"type": "pong"}
+            for each in rex:
+                got = await each.next()
+                assert (got.id, got.event) == (sent, "after")
+                with anyio.fail_after(FRAME_TIMEOUT):
+                    await each.ping()
+            # The same connections: neither client ever saw its connection close.
+            assert connection_ids(*rex) == connections
+            assert [each.count(ConnectionState.CLOSED) for each in rex] == [0, 0]
             after = [(await metrics(s))["notifykit_propagator_reconnects_total"] for s in instances]
             assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
 
@@ -465,10 +459,9 @@ async def test_an_instance_started_while_redis_is_down_is_degraded_then_serves(
             redis.start()
             await wait_all_healthy([instance], "ok")
             assert await readyz(instance) == 200
-            async with client(instance, token("sam")) as ws:
-                await welcome(ws)
+            async with notify_client(instance, token("sam")) as sam:
                 sent = await publish(instance, {"event": "hello", "user": "sam"})
-                assert (await notification(ws))["id"] == sent
+                assert (await sam.next()).id == sent
     finally:
         instance.stop()
         redis.stop()

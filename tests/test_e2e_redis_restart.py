@@ -1,9 +1,10 @@
 """What ``POST /publish`` promises while an instance comes back from a Redis restart.
 
 A real ``notifykit serve`` process on a real Redis (and, for the same test, on a real Redis
-Cluster whose master restarts), a real websocket client of that instance, and publishes over
-HTTP while the instance is still reconnecting and resubscribing: 202 means the notification
-reaches the instance's own client; what cannot be delivered is refused with 503.
+Cluster whose master restarts), a client of that instance (notifykit's ``NotifyClient``), and
+publishes over HTTP while the instance is still reconnecting and resubscribing: 202 means the
+notification reaches the instance's own client, live, on the connection it had all along; what
+cannot be delivered is refused with 503.
 
 The window is made wide on purpose: Redis stays down until the subscriber's reconnection
 backoff has grown to seconds, as it does in a real outage, so the publisher's connection (which
@@ -27,15 +28,15 @@ from servers_e2e import (
     FRAME_TIMEOUT,
     SECRET,
     Server,
-    client,
     log_on_failure,
     metrics,
-    notification,
+    notify_client,
     publish,
     start_serve,
     token,
-    welcome,
 )
+
+from notifykit.client import ConnectionState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.redis]
 
@@ -113,10 +114,9 @@ async def test_after_a_redis_restart_a_202_reaches_the_instances_own_client_or_i
 ) -> None:
     instance, node, user = outage.instance, outage.node, outage.user
     with log_on_failure(request, instance):
-        async with client(instance, token(user)) as ws:
-            await welcome(ws)
+        async with notify_client(instance, token(user)) as listener:
             sent = await publish(instance, {"event": "before", "user": user})
-            assert (await notification(ws))["id"] == sent
+            assert (await listener.next()).id == sent
 
             failures = await metric(instance, "connect_failures")
             node.kill()
@@ -149,7 +149,7 @@ async def test_after_a_redis_restart_a_202_reaches_the_instances_own_client_or_i
             last = await publish(instance, {"event": "last", "user": user})
             received: list[str] = []
             while not received or received[-1] != last:
-                received.append((await notification(ws))["id"])
+                received.append((await listener.next()).id)
             lost = [
                 notification_id for notification_id in accepted if notification_id not in received
             ]
@@ -158,3 +158,5 @@ async def test_after_a_redis_restart_a_202_reaches_the_instances_own_client_or_i
                 f"instance's own client ({len(refused)} answered 503, {in_window} published "
                 "before the subscriber came back)"
             )
+            # Live, on the one connection: a reconnect (and a resume) would prove nothing here.
+            assert listener.count(ConnectionState.CLOSED) == 0, listener.changes

@@ -6,6 +6,9 @@
   in with Django's login form connects to one process, a sync view on the other notifies them,
   and so does ``manage.py notify``; and under daphne (no lifespan, no Redis) on its own;
 * ``websockets_server``: ``server.py``, ``client.py`` and ``publish.py`` as a user runs them.
+
+Users connect with notifykit's ``NotifyClient`` (a logged-in browser is one sending the session
+cookie and an ``Origin``); refusals, whose close codes are the point, use raw websockets.
 """
 
 from __future__ import annotations
@@ -29,14 +32,13 @@ from servers import RedisServer
 from servers_e2e import (
     FRAME_TIMEOUT,
     SECRET,
+    Listener,
     Server,
     clean_env,
     client,
     closed,
     log_on_failure,
-    notification,
-    recv,
-    send,
+    notify_client,
     start_app,
     start_command,
     token,
@@ -74,15 +76,31 @@ async def fastapi_login(server: Server, user: str) -> httpx.Cookies:
         return http.cookies
 
 
+def cookie_header(cookies: httpx.Cookies) -> dict[str, str]:
+    """The ``Cookie`` header a browser would send with ``cookies`` (none if empty)."""
+    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    return {"Cookie": cookie} if cookie else {}
+
+
+@contextlib.asynccontextmanager
+async def logged_in(
+    server: Server, path: str, cookies: httpx.Cookies, origin: str = ORIGIN
+) -> AsyncIterator[Listener]:
+    """A browser-like NotifyClient, once open: the session cookies, an Origin, no token."""
+    async with notify_client(
+        server, path=path, headers=cookie_header(cookies), origin=origin
+    ) as listener:
+        yield listener
+
+
 @contextlib.asynccontextmanager
 async def session_client(
     server: Server, path: str, cookies: httpx.Cookies, origin: str
 ) -> AsyncIterator[ClientConnection]:
-    """A browser-like websocket client: the session cookies, an Origin, no token."""
-    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    """The same as a raw websocket, for the refusals (their close codes are the point)."""
     async with connect(
         server.ws_url + path,
-        additional_headers={"Cookie": cookie} if cookie else {},
+        additional_headers=cookie_header(cookies),
         origin=Origin(origin),
         subprotocols=[Subprotocol("notifykit.v1")],
         open_timeout=FRAME_TIMEOUT,
@@ -96,15 +114,18 @@ async def test_fastapi_a_logged_in_browser_is_notified_by_an_app_route(
 ) -> None:
     with log_on_failure(request, fastapi_app):
         cookies = await fastapi_login(fastapi_app, "alice")
-        async with session_client(fastapi_app, "/notify/ws", cookies, ORIGIN) as ws:
-            assert (await welcome(ws))["user"] == "alice"
+        async with logged_in(fastapi_app, "/notify/ws", cookies) as alice:
+            assert alice.user == "alice"
             async with httpx.AsyncClient(
                 base_url=fastapi_app.url, cookies=cookies, timeout=FRAME_TIMEOUT
             ) as http:
                 shipped = (await http.post("/orders/7/ship")).json()
-            frame = await notification(ws)
-            assert frame["id"] == shipped["notification"]
-            assert (frame["event"], frame["data"]) == ("order.shipped", {"order": 7})
+            got = await alice.next()
+            assert (got.id, got.event, got.data) == (
+                shipped["notification"],
+                "order.shipped",
+                {"order": 7},
+            )
 
 
 async def test_fastapi_without_a_login_or_from_another_site_the_websocket_is_refused(
@@ -121,8 +142,8 @@ async def test_fastapi_without_a_login_or_from_another_site_the_websocket_is_ref
 async def test_fastapi_a_token_client_is_still_served_and_the_page_loads(
     fastapi_app: Server,
 ) -> None:
-    async with client(fastapi_app, token("bob"), path="/notify/ws") as ws:
-        assert (await welcome(ws))["user"] == "bob"
+    async with notify_client(fastapi_app, token("bob"), path="/notify/ws") as bob:
+        assert bob.user == "bob"
     async with httpx.AsyncClient(timeout=FRAME_TIMEOUT) as http:
         page = await http.get(fastapi_app.url + "/")
     assert page.status_code == 200
@@ -221,12 +242,15 @@ async def test_django_a_view_on_one_process_notifies_the_user_connected_to_the_o
     front, back = django_site.servers
     with log_on_failure(request, front, back):
         cookies = await django_login(front, "alice", "pw-alice-123")
-        async with session_client(back, "/ws/notify/", cookies, ORIGIN) as ws:
-            alice_id = (await welcome(ws))["user"]
+        async with logged_in(back, "/ws/notify/", cookies) as alice:
+            alice_id = alice.user
             sent = await ship(front, cookies, 7)  # a sync view, on the other process
-            frame = await notification(ws)
-            assert (frame["id"], frame["event"]) == (sent, "order.shipped")
-            assert frame["data"] == {"order": 7, "by": "view"}
+            got = await alice.next()
+            assert (got.id, got.event, got.data) == (
+                sent,
+                "order.shipped",
+                {"order": 7, "by": "view"},
+            )
 
             # A management command: no event loop, no hub, one PUBLISH.
             output = await anyio.to_thread.run_sync(
@@ -234,12 +258,11 @@ async def test_django_a_view_on_one_process_notifies_the_user_connected_to_the_o
                     django_site.env, "notify", "alice", "report.ready", "--data", '{"n": 1}'
                 )
             )
-            frame = await notification(ws)
-            assert (frame["id"], frame["data"]) == (output.strip(), {"n": 1})
+            got = await alice.next()
+            assert (got.id, got.data) == (output.strip(), {"n": 1})
 
             # Claims from the Django user: alice is staff, so the staff topics are hers.
-            await send(ws, {"type": "subscribe", "topic": "staff:alerts", "ref": "s"})
-            assert (await recv(ws))["type"] == "subscribed"
+            await alice.subscribe("staff:alerts")
         assert alice_id == "1"
 
 
@@ -251,8 +274,8 @@ async def test_django_no_session_is_refused_and_a_token_client_is_served(
     async with session_client(server, "/ws/notify/", httpx.Cookies(), ORIGIN) as ws:
         code, _reason, frames = await closed(ws)
         assert (code, frames) == (4001, [])
-    async with client(server, token("7"), path="/ws/notify/") as ws:
-        assert (await welcome(ws))["user"] == "7"
+    async with notify_client(server, token("7"), path="/ws/notify/") as user:
+        assert user.user == "7"
 
 
 async def test_django_under_daphne_the_first_websocket_starts_the_hub(
@@ -279,12 +302,11 @@ async def test_django_under_daphne_the_first_websocket_starts_the_hub(
         with log_on_failure(request, server):
             assert not (await wait_for_health(server, lambda h: True))["running"]
             cookies = await django_login(server, "alice", "pw-alice-123")
-            async with session_client(server, "/ws/notify/", cookies, ORIGIN) as ws:
-                await welcome(ws)
+            async with logged_in(server, "/ws/notify/", cookies) as alice:
                 body = await wait_for_health(server, lambda h: True)
                 assert (body["running"], body["connections"]) == (True, 1)
                 sent = await ship(server, cookies, 9)
-                assert (await notification(ws))["id"] == sent
+                assert (await alice.next()).id == sent
     finally:
         server.stop()
 
@@ -326,9 +348,7 @@ async def test_websockets_publish_py_reaches_a_user_and_anonymous_clients_get_th
     websockets_example: tuple[Server, str],
 ) -> None:
     server, redis_url = websockets_example
-    async with client(server, token("alice")) as alice, client(server) as anonymous:
-        await welcome(alice)
-        await welcome(anonymous)
+    async with notify_client(server, token("alice")) as alice, notify_client(server) as anonymous:
         result = await anyio.to_thread.run_sync(
             lambda: subprocess.run(
                 [
@@ -347,10 +367,10 @@ async def test_websockets_publish_py_reaches_a_user_and_anonymous_clients_get_th
         )
         assert result.returncode == 0, result.stderr
         with anyio.fail_after(FRAME_TIMEOUT):
-            while (frame := await notification(alice))["event"] == "tick":
+            while (got := await alice.next()).event == "tick":
                 pass
-        assert (frame["id"], frame["data"]) == (result.stdout.strip(), {"order": 7})
-        assert (await notification(anonymous))["event"] == "tick"
+        assert (got.id, got.data) == (result.stdout.strip(), {"order": 7})
+        assert (await anonymous.next()).event == "tick"
 
 
 @pytest.mark.redis

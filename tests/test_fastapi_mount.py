@@ -1,7 +1,9 @@
 """The sub-app mounted inside a FastAPI app (tests/apps/fastapi_notify.py), under a real uvicorn.
 
 The FastAPI app enters the hub in its own lifespan; its routes call ``hub.notify_user``; the
-mounted app serves ``/notify/ws``, ``/notify/publish`` and ``/notify/healthz``.
+mounted app serves ``/notify/ws``, ``/notify/publish`` and ``/notify/healthz``. Users connect
+with notifykit's ``NotifyClient``; the tests of close codes and of the handshake use raw
+websockets.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from servers_e2e import (
     closed,
     health,
     log_on_failure,
+    notify_client,
     publish,
-    recv,
     start_app,
     token,
     wait_for_health,
@@ -61,30 +63,30 @@ def _server_log(request: pytest.FixtureRequest, server: Server) -> Iterator[None
 async def test_an_app_route_notifies_a_user_connected_to_the_mounted_websocket(
     server: Server,
 ) -> None:
-    async with client(server, token("42"), path="/notify/ws") as ws:
-        assert (await welcome(ws))["user"] == "42"
+    async with notify_client(server, token("42"), path="/notify/ws") as user:
+        assert user.user == "42"
         async with httpx.AsyncClient(timeout=FRAME_TIMEOUT) as http:
             response = await http.post(f"{server.url}/orders/7/ship", params={"user": "42"})
         assert response.status_code == 200, response.text
-        frame = await recv(ws)
-        assert frame["id"] == response.json()["id"]
-        assert (frame["event"], frame["data"]) == ("order.shipped", {"order": 7})
+        got = await user.next()
+        assert (got.id, got.event, got.data) == (
+            response.json()["id"],
+            "order.shipped",
+            {"order": 7},
+        )
 
 
 async def test_the_mounted_publish_api_reaches_the_mounted_websocket(server: Server) -> None:
-    async with client(server, token("43"), path="/notify/ws") as ws:
-        await welcome(ws)
+    async with notify_client(server, token("43"), path="/notify/ws") as user:
         sent = await publish(server, {"event": "hi", "user": "43"}, prefix="/notify")
-        assert (await recv(ws))["id"] == sent
+        assert (await user.next()).id == sent
 
 
 async def test_the_mounted_health_counts_connections_and_users(server: Server) -> None:
     async with (
-        client(server, token("44"), path="/notify/ws") as a,
-        client(server, token("44"), path="/notify/ws") as b,
+        notify_client(server, token("44"), path="/notify/ws"),
+        notify_client(server, token("44"), path="/notify/ws"),
     ):
-        await welcome(a)
-        await welcome(b)
         body = await health(server, prefix="/notify")
         assert (body["status"], body["connections"], body["users"]) == ("ok", 2, 1)
     body = await wait_for_health(server, lambda h: h["connections"] == 0, prefix="/notify")
