@@ -26,6 +26,9 @@ import anyio
 import pytest
 import redis
 
+from notifykit.envelope import unstamp
+from notifykit.wire import Position
+
 HOST = "127.0.0.1"
 SLOTS = 16384
 _START_TIMEOUT = 10.0
@@ -359,12 +362,14 @@ class RedisClusterServers:
         raise LookupError(f"no node serves slot {slot}")
 
     def move_slot(self, slot: int, target: RedisServer) -> None:
-        """Give the (key-less) ``slot`` to ``target``, as a resharding would, and wait until
-        every node agrees."""
+        """Give ``slot`` and its keys to ``target``, as a resharding does (``MIGRATE``), and
+        wait until every node agrees."""
         source = self.owner_of(slot)
         target_id, source_id = self.node_id(target), self.node_id(source)
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
         target.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         source.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         for node in self.nodes:
@@ -377,14 +382,18 @@ class RedisClusterServers:
 
 
 class Recorder:
-    """A ``deliver`` that records ``(key, payload)`` and lets a test wait for one."""
+    """A ``deliver`` that records ``(key, payload as published)`` and lets a test wait for one;
+    ``positions`` has each delivery's place in its stream (None when unstamped)."""
 
     def __init__(self) -> None:
         self.log: list[tuple[str, bytes]] = []
+        self.positions: list[tuple[str, Position | None]] = []
         self._changed = anyio.Event()
 
     def __call__(self, key: str, payload: bytes) -> None:
+        position, payload = unstamp(payload)
         self.log.append((key, payload))
+        self.positions.append((key, position))
         self._changed.set()
 
     def payloads(self, key: str) -> list[bytes]:
