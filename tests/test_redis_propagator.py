@@ -99,9 +99,7 @@ async def test_a_payload_is_received_only_by_instances_subscribed_to_its_key(
         assert instance_b.statistics()["received"] == 5
         assert instance_both.statistics()["received"] == 15
         assert publisher.statistics()["received"] == 0
-        numsub = redis_server.command(
-            "PUBSUB", "NUMSUB", "nk-test:{u:alice}", "nk-test:{u:bob}"
-        )
+        numsub = redis_server.command("PUBSUB", "NUMSUB", "nk-test:{u:alice}", "nk-test:{u:bob}")
         assert numsub == [b"nk-test:{u:alice}", 2, b"nk-test:{u:bob}", 2]
 
 
