@@ -104,6 +104,7 @@ class Sequencer:
         self._keys: dict[str, _Key] = {}
         self._resync: dict[str, tuple[int, bytes | None, int]] = {}
         self._seed: set[str] = set()
+        self._seeding: set[str] = set()  # being read and pinged
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +129,7 @@ class Sequencer:
         self._keys.clear()
         self._resync.clear()
         self._seed.clear()
+        self._seeding.clear()
         self._progress.set()
         if task is not None:
             task.cancel()
@@ -166,16 +168,19 @@ class Sequencer:
         self._request(key, state, state.epoch, state.offset)
 
     def pending(self, keys: Collection[str]) -> bool:
-        """True while one of ``keys`` waits for a read (its messages are held)."""
+        """True while one of ``keys`` waits for a read: its messages are held, or its
+        position is being found (seeded)."""
         states = self._keys
         for key in keys:
             state = states.get(key)
-            if state is not None and state.held is not None:
+            if state is not None and (
+                state.held is not None or key in self._seed or key in self._seeding
+            ):
                 return True
         return False
 
     async def settled(self, keys: Collection[str]) -> None:
-        """Return once none of ``keys`` waits for a read any more."""
+        """Return once none of ``keys`` waits for a read any more (caught up and seeded)."""
         while self.pending(keys):
             self._progress.clear()
             await self._progress.wait()
@@ -334,6 +339,7 @@ class Sequencer:
                 del self._resync[key]
             seeds = [key for key in list(self._seed)[:_MAX_KEYS_PER_READ] if key not in resync]
             self._seed.difference_update(seeds)
+            self._seeding.update(seeds)
             try:
                 await self._round(resync, seeds)
             except PropagationError as exc:
@@ -342,6 +348,11 @@ class Sequencer:
                 log("cannot read history to catch up: %s; retrying", describe(exc))
                 for key, request in resync.items():  # unless superseded meanwhile
                     self._resync.setdefault(key, request)
+                for key in seeds:
+                    state = self._keys.get(key)
+                    if state is not None and state.epoch is None and state.held is None:
+                        self._seed.add(key)
+                self._seeding.difference_update(seeds)
                 await asyncio.sleep(backoff(attempt, self._settings, self._rng))
                 attempt += 1
             except Exception:  # a bug: say so, and deliver what was held
@@ -352,6 +363,9 @@ class Sequencer:
                         self._give_up(key, state)
             else:
                 attempt = 0
+            finally:
+                self._seeding.difference_update(seeds)
+                self._progress.set()
 
     async def _round(
         self, resync: dict[str, tuple[int, bytes | None, int]], seeds: list[str]
