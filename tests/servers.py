@@ -1,7 +1,7 @@
 """Real ``redis-server`` processes for the tests: standalone servers and a Redis Cluster.
 
-Every server listens on 127.0.0.1 on a free port (never 6379), without persistence, in its own
-directory; a handle can stop, kill (SIGKILL, like a crash), restart on the same port, and pause
+Every server listens on 127.0.0.1 on a free port (never 6379), without persistence unless asked
+(``persistent=True``: an fsynced append-only file), in its own directory; a handle can stop, kill (SIGKILL, like a crash), restart on the same port, and pause
 (SIGSTOP: the socket stays open but nothing answers). Every wait is bounded. A missing
 ``redis-server`` makes the tests that need one fail, not skip. At the end, helpers to wait for
 what a propagator delivers.
@@ -77,11 +77,15 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         tls: bool = False,
+        persistent: bool = False,
     ) -> None:
         self.directory = directory
         self.port = port if port is not None else free_port()
         self.password = password
         self.tls = tls
+        self.persistent = persistent
+        """With ``persistent``: an append-only file, fsynced at every write, so a restart
+        (even after SIGKILL) keeps everything that was acknowledged."""
         self.certificate = directory / "cert.pem"
         """With ``tls``: the self-signed certificate clients must trust."""
         self.args = args
@@ -117,7 +121,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", HOST,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.directory),
             "--logfile", "",
             *self.args,
