@@ -1,8 +1,9 @@
 """Real ``redis-server`` processes for the tests: standalone servers and a Redis Cluster.
 
 Every server listens on 127.0.0.1 on a free port (never 6379), without persistence unless asked
-(``persistent=True``: an fsynced append-only file), in its own directory; a handle can stop, kill (SIGKILL, like a crash), restart on the same port, and pause
-(SIGSTOP: the socket stays open but nothing answers). Every wait is bounded. A missing
+(``persistent=True``: an fsynced append-only file), in its own directory; a handle can stop,
+kill (SIGKILL, like a crash), restart on the same port, and pause (SIGSTOP: the socket stays
+open but nothing answers). Every wait is bounded. A missing
 ``redis-server`` makes the tests that need one fail, not skip. At the end, helpers to wait for
 what a propagator delivers.
 """
