@@ -55,13 +55,22 @@ class _Key:
     """What is known of one subscribed key: the last position delivered (``epoch`` None
     before the first), and, while a read is on its way, what arrived meanwhile (``held``)."""
 
-    __slots__ = ("epoch", "generation", "held", "offset")
+    __slots__ = ("epoch", "expect", "generation", "held", "offset", "tail")
 
     def __init__(self) -> None:
         self.epoch: bytes | None = None
         self.offset = 0
+        self.expect: bytes | None = None
+        """The stamp the next message starts with (None before the first)."""
+        self.tail = b""  # what follows the offset in a stamp: b" <epoch>\n"
         self.held: list[tuple[bytes, int, bytes]] | None = None
         self.generation = 0
+
+    def at(self, epoch: bytes, offset: int) -> None:
+        """Delivered up to ``offset`` of ``epoch``."""
+        self.epoch, self.offset = epoch, offset
+        self.tail = b" %b\n" % epoch
+        self.expect = b"#%d%b" % (offset + 1, self.tail)
 
 
 def _position(payload: bytes) -> tuple[bytes, int] | None:
@@ -205,24 +214,14 @@ class Sequencer:
     def on_message(self, key: str, payload: bytes) -> None:
         """A message arrived on ``key``'s channel: deliver it if it is the next one."""
         state = self._keys.get(key)
-        if state is not None and state.held is None and payload[:1] == b"#":
-            epoch = state.epoch
-            if epoch is not None:
-                cut = payload.find(b"\n", 1)
-                space = payload.find(b" ", 1, cut)
-                if (
-                    space > 1
-                    and cut == space + 1 + len(epoch)
-                    and payload.startswith(epoch, space + 1)
-                ):
-                    try:
-                        offset = int(payload[1:space])
-                    except ValueError:
-                        offset = -1
-                    if offset == state.offset + 1:
-                        state.offset = offset
-                        self._deliver(key, payload)
-                        return
+        if state is not None:
+            expect = state.expect
+            if expect is not None and state.held is None and payload.startswith(expect):
+                offset = state.offset + 1
+                state.offset = offset
+                state.expect = b"#%d%b" % (offset + 1, state.tail)
+                self._deliver(key, payload)
+                return
         self._arrive(key, state, payload)
 
     def _arrive(self, key: str, state: _Key | None, payload: bytes) -> None:
@@ -254,7 +253,7 @@ class Sequencer:
         up to which a read of the stream just went, when releasing what was held: a gap below
         it cannot be repaired, and another epoch than its own is an incarnation gone."""
         if state.epoch is None:  # the first message of a new subscription
-            state.epoch, state.offset = epoch, offset
+            state.at(epoch, offset)
             self._deliver(key, payload)
             return True
         if epoch == state.epoch:
@@ -272,7 +271,7 @@ class Sequencer:
         elif offset > 1:  # a stream reset, and some of its first entries were missed
             self._gap(key, state, epoch, 0)
             return False
-        state.epoch, state.offset = epoch, offset
+        state.at(epoch, offset)
         self._deliver(key, payload)
         return True
 
@@ -314,7 +313,7 @@ class Sequencer:
                 continue
             if epoch == state.epoch and offset > state.offset + 1:
                 self._lose(key, offset - state.offset - 1)
-            state.epoch, state.offset = epoch, offset
+            state.at(epoch, offset)
             self._safe_deliver(key, payload)
         self._progress.set()
 
@@ -397,7 +396,7 @@ class Sequencer:
                     and state.epoch is None
                     and state.held is None
                 ):
-                    state.epoch, state.offset = stream.epoch.encode("ascii"), stream.last
+                    state.at(stream.epoch.encode("ascii"), stream.last)
 
     def _caught_up(
         self, key: str, state: _Key, epoch: bytes | None, read_after: int, stream: StreamHistory
@@ -423,7 +422,7 @@ class Sequencer:
             if offset > position + 1:
                 self._lose(key, offset - position - 1)
             position = offset
-            state.epoch, state.offset = current, offset
+            state.at(current, offset)
             self.repaired += 1
             self._safe_deliver(key, payload)
         if position < stream.last:
@@ -432,7 +431,7 @@ class Sequencer:
                 return
             self._lose(key, stream.last - position)  # trimmed while being read
             position = stream.last
-        state.epoch, state.offset = current, position
+        state.at(current, position)
         held, state.held = state.held or [], None
         covered = (current, stream.last)
         for index, (epoch_, offset_, payload_) in enumerate(held):
