@@ -1,9 +1,9 @@
 """Resume through a hub on every backend: memory, Redis and Redis Cluster.
 
 The hub's catch-up is backend-agnostic (test_resume.py proves it in memory, in depth); these
-run the same scenarios — and the property of test_resume_properties.py — over real Redis
-servers, where history lives in Redis streams, live delivery comes through pub/sub, and the
-barrier is a PING.
+run its scenarios (the functions it shares) — and the property of test_resume_properties.py —
+over real Redis servers too, where history lives in Redis streams, live delivery comes through
+pub/sub, and the barrier is a PING.
 """
 
 from __future__ import annotations
@@ -11,12 +11,21 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-import anyio
-import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from servers import RedisClusterServers, RedisServer
-from test_resume import Book, TokenIsUser, connect, notifications, welcome
+from test_resume import (
+    Book,
+    TokenIsUser,
+    another_epoch_not_recovered,
+    beyond_retention_not_recovered,
+    connect,
+    missed_then_live,
+    notifications,
+    resume_under_load,
+    topic_since_replays,
+    welcome,
+)
 from test_resume_properties import AWAY_A_LITTLE, AWAY_TOO_LONG, HISTORY, run, steps
 
 from notifykit import Hub
@@ -24,7 +33,6 @@ from notifykit.gateway import Gateway
 from notifykit.memory import MemoryBus, MemoryPropagator
 from notifykit.protocols import Propagator
 from notifykit.redis import RedisClusterPropagator, RedisPropagator
-from notifykit.wire import Notification, Position, Subscribed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -53,29 +61,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 async def test_a_resuming_client_gets_what_it_missed_in_order_then_live(backend: Backend) -> None:
     async with Hub(backend()) as hub:
-        gateway = Gateway(hub, TokenIsUser())
-        book = Book()
-        async with connect(gateway, "42") as client:
-            book.welcomed(await welcome(client))
-            for n in range(3):
-                await hub.notify_user("42", "seen", n)
-            for note in await notifications(client, 3):
-                book.took(note)
-        missed = [await hub.notify_user("42", "missed", n) for n in range(4)]
-        broadcast = await hub.broadcast("to everyone")
-        async with connect(gateway, "42", book.positions) as client:
-            greeting = await welcome(client)
-            assert greeting.recovered is True
-            book.welcomed(greeting)
-            replayed = await notifications(client, 5)
-            for note in replayed:
-                book.took(note)
-            assert [n.id for n in replayed if n.stream == "u:42"] == missed
-            assert [n.id for n in replayed if n.stream == "all"] == [broadcast]
-            live = await hub.notify_user("42", "live")
-            [note] = await notifications(client, 1)
-            book.took(note)
-            assert note.id == live
+        await missed_then_live(hub)
 
 
 async def test_a_resume_on_another_instance_recovers_what_was_missed(backend: Backend) -> None:
@@ -94,47 +80,17 @@ async def test_a_resume_on_another_instance_recovers_what_was_missed(backend: Ba
 
 async def test_a_resume_from_another_epoch_is_not_recovered(backend: Backend) -> None:
     async with Hub(backend()) as hub:
-        await hub.notify_user("42", "something")
-        stale = {"u:42": Position("gone0000", 1)}
-        async with connect(Gateway(hub, TokenIsUser()), "42", stale) as client:
-            greeting = await welcome(client)
-            assert greeting.recovered is False
-            assert greeting.positions["u:42"].epoch != "gone0000"
-            sentinel = await hub.notify_user("42", "sentinel")
-            [note] = await notifications(client, 1)
-            assert note.id == sentinel
+        await another_epoch_not_recovered(hub)
 
 
 async def test_a_resume_beyond_retention_is_not_recovered(backend: Backend) -> None:
     async with Hub(backend(history_size=3)) as hub:
-        gateway = Gateway(hub, TokenIsUser())
-        async with connect(gateway, "42") as client:
-            position = (await welcome(client)).positions["u:42"]
-        for n in range(5):
-            await hub.notify_user("42", "overflow", n)
-        async with connect(gateway, "42", {"u:42": position}) as client:
-            assert (await welcome(client)).recovered is False
+        await beyond_retention_not_recovered(hub)
 
 
 async def test_a_topic_subscribe_since_replays_what_was_missed(backend: Backend) -> None:
     async with Hub(backend()) as hub:
-        gateway = Gateway(hub, TokenIsUser())
-        async with connect(gateway, "42") as client:
-            await welcome(client)
-            await client.send_json({"type": "subscribe", "topic": "news"})
-            reply = await client.recv()
-            assert isinstance(reply, Subscribed)
-            assert reply.position is not None
-            since = reply.position
-        missed = [await hub.notify_topic("news", "missed", n) for n in range(3)]
-        async with connect(gateway, "42") as client:
-            await welcome(client)
-            since_json = {"epoch": since.epoch, "offset": since.offset}
-            await client.send_json({"type": "subscribe", "topic": "news", "since": since_json})
-            reply = await client.recv()
-            assert isinstance(reply, Subscribed)
-            assert reply.recovered is True
-            assert [n.id for n in await notifications(client, 3)] == missed
+        await topic_since_replays(hub)
 
 
 async def test_the_history_of_a_stream_reads_back_as_frames(backend: Backend) -> None:
@@ -150,55 +106,11 @@ async def test_the_history_of_a_stream_reads_back_as_frames(backend: Backend) ->
 async def test_resuming_while_notifications_keep_coming_loses_and_repeats_nothing(
     backend: Backend,
 ) -> None:
-    # One instance publishes without pause, another serves clients that disconnect and
-    # resume again and again: every client must see one unbroken sequence.
-    total, clients, rounds = 400, 3, 6
-    sent: list[str] = []
-    done = anyio.Event()
     async with (
         Hub(backend(history_size=10_000)) as publisher,
         Hub(backend(history_size=10_000)) as server,
     ):
-        gateway = Gateway(server, TokenIsUser(), queue_size=10_000)
-
-        async def publish_all() -> None:
-            for n in range(total):
-                sent.append(await publisher.notify_user("42", "tick", n))
-                if n % 7 == 0:
-                    await anyio.lowlevel.checkpoint()
-            done.set()
-
-        async def follow(seen: list[str]) -> None:
-            book = Book()
-            for _ in range(rounds):
-                resume = dict(book.positions) if book.positions else None
-                async with connect(gateway, "42", resume) as client:
-                    greeting = await welcome(client)
-                    assert greeting.recovered in (None, True)
-                    book.welcomed(greeting)
-                    for _ in range(total // rounds // 2):
-                        frame = await client.recv()
-                        assert isinstance(frame, Notification)
-                        book.took(frame)
-                        seen.append(frame.id)
-            await done.wait()
-            async with connect(gateway, "42", book.positions) as client:
-                book.welcomed(await welcome(client))
-                while not seen or seen[-1] != sent[-1]:
-                    frame = await client.recv()
-                    assert isinstance(frame, Notification)
-                    book.took(frame)
-                    seen.append(frame.id)
-
-        seen_by: list[list[str]] = [[] for _ in range(clients)]
-        with anyio.fail_after(45):
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(publish_all)
-                for seen in seen_by:
-                    tasks.start_soon(follow, seen)
-    for seen in seen_by:
-        first = sent.index(seen[0])
-        assert seen == sent[first:]
+        await resume_under_load(publisher, server, total=400, clients=3, rounds=6)
 
 
 @settings(
