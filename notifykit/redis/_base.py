@@ -139,9 +139,16 @@ class RedisPropagatorBase:
         """
         self._check_running()
         sequencer = self._sequencer
-        if sequencer is not None:
-            sequencer.track(keys)
-        await self._subscribers.subscribe(keys)
+        if sequencer is None:
+            await self._subscribers.subscribe(keys)
+            return
+        sequencer.track(keys)
+        try:
+            await self._subscribers.subscribe(keys)
+        except PropagationError:  # refused keys are not wanted any more: forget them
+            routes, names = self._subscribers.routes, self._names
+            sequencer.forget([key for key in keys if names.channel(key) not in routes])
+            raise
 
     async def unsubscribe(self, keys: Collection[str]) -> None:
         """Stop delivering ``keys`` at once; the unsubscribe command follows in the background.
