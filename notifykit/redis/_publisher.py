@@ -121,18 +121,22 @@ class Publisher:
             parts.append(b"%b$%d\r\n%b\r\n%b" % (head, len(channel), channel, tail))
             parts.append(payload)
             parts.append(b"\r\n")
-        await self.run(parts, channels)
+        async with self._room:
+            replies = await self._submit(parts, channels)
+        self._check(channels, replies)
 
     async def run(self, parts: list[bytes], labels: Sequence[bytes]) -> None:
         """Send commands already encoded (:data:`PARTS` parts each, one label each); raise
         :class:`~._errors.PublishFailed` naming the labels of those Redis refused."""
-        replies = await self.execute(parts, labels)
+        self._check(labels, await self.execute(parts, labels))
+
+    def _check(self, labels: Sequence[bytes], replies: list[object]) -> None:
         errors: list[tuple[bytes, ResponseError]] | None = None
-        for label, reply in zip(labels, replies, strict=True):
+        for index, reply in enumerate(replies):
             if isinstance(reply, ResponseError):
                 if errors is None:
                     errors = []
-                errors.append((label, reply))
+                errors.append((labels[index], reply))
         if errors is not None:
             self.publish_errors += 1
             raise PublishFailed(self.endpoint.address, errors)
@@ -141,15 +145,17 @@ class Publisher:
         """Send commands already encoded (:data:`PARTS` parts each, one label each) in the
         next pipeline; return their replies, a refusal as a ``ResponseError``. Raises
         :class:`~notifykit.errors.PropagationError` if the round trip failed."""
-        if self._task is None:
+        async with self._room:
+            return await self._submit(parts, labels)
+
+    def _submit(self, parts: list[bytes], labels: Sequence[bytes]) -> asyncio.Future[list[object]]:
+        """Queue one job (the caller holds room for it); its future gets the replies."""
+        if self._task is None:  # closed, maybe while the caller waited for room
             raise PropagationError("the propagator is closed")
         future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
-        async with self._room:
-            if self._task is None:  # closed while this call waited for room
-                raise PropagationError("the propagator is closed")
-            self._queue.append(_Job(parts, labels, future))
-            self._wake.set()
-            return await future
+        self._queue.append(_Job(parts, labels, future))
+        self._wake.set()
+        return future
 
     async def check(self) -> None:
         """Return once the connection is up, opening it if needed (no command is sent); raise
