@@ -98,7 +98,8 @@ async def post_publish(server: Server, body: dict[str, Any]) -> httpx.Response:
 
 
 async def metric(server: Server, name: str) -> float:
-    return (await metrics(server))[f"notifykit_propagator_{name}"]
+    """The propagator's counter ``name`` (``notifykit_propagator_<name>_total``)."""
+    return (await metrics(server))[f"notifykit_propagator_{name}_total"]
 
 
 async def until_metric(server: Server, name: str, least: float, within: float = 30.0) -> None:
