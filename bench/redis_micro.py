@@ -9,6 +9,11 @@
   a separate process pipelines ``PUBLISH`` commands to a channel the propagator subscribed to,
   and this process's CPU time is read from the first message to the last.
 
+Each figure is taken with history on (``history_size=100``, the default: one ``EVALSHA`` of the
+append script per key, and the reader's sequencer checking every message's offset; the flood
+then publishes stamped payloads with consecutive offsets) and off (``history_size=0``: plain
+``PUBLISH``).
+
 Runs on uvloop, like the servers. Figures are medians (and bests) of ``--repeat`` rounds; the
 machine is shared, so compare runs made one after another on the same machine.
 """
@@ -27,6 +32,7 @@ from typing import Any
 import uvloop
 
 from notifykit.redis import RedisPropagator
+from notifykit.redis._channels import ChannelNames
 
 from .redisproc import RedisServer
 
@@ -36,15 +42,19 @@ PAYLOAD = b'{"type":"notification","id":"0000000000000000","event":"order.shippe
 
 _FLOOD = """
 import socket, sys
-port, channel, count = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+port, channel, count, epoch = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4]
 payload = sys.stdin.buffer.read()
-command = b"*3\\r\\n$7\\r\\nPUBLISH\\r\\n$%d\\r\\n%b\\r\\n$%d\\r\\n%b\\r\\n" % (
-    len(channel), channel, len(payload), payload)
+
+def command(index):
+    body = b"#%d %s\\n%b" % (index + 1, epoch.encode(), payload) if epoch else payload
+    return b"*3\\r\\n$7\\r\\nPUBLISH\\r\\n$%d\\r\\n%b\\r\\n$%d\\r\\n%b\\r\\n" % (
+        len(channel), channel, len(body), body)
+
 with socket.create_connection(("127.0.0.1", port)) as sock:
     sent = 0
     while sent < count:
         batch = min(1000, count - sent)
-        sock.sendall(command * batch)
+        sock.sendall(b"".join(command(sent + i) for i in range(batch)))
         replies = 0
         buffer = b""
         while replies < batch:
@@ -52,7 +62,8 @@ with socket.create_connection(("127.0.0.1", port)) as sock:
             replies = buffer.count(b"\\r\\n")
         sent += batch
 """
-"""A publisher in its own process, so its CPU time is not counted as the reader's."""
+"""A publisher in its own process, so its CPU time is not counted as the reader's; with an
+epoch, it stamps payloads as the append script does (offsets 1, 2, 3...)."""
 
 
 def _summary(samples: list[float], unit: str, *, higher_is_better: bool) -> dict[str, Any]:
@@ -83,9 +94,9 @@ class _Rates:
         }
 
 
-async def publish_rates(url: str, count: int, repeat: int) -> dict[str, Any]:
+async def publish_rates(url: str, count: int, repeat: int, history: int) -> dict[str, Any]:
     """Publishes per second: sequential, 100 concurrent tasks, one call to 1,000 keys."""
-    propagator = RedisPropagator(url, prefix="bench")
+    propagator = RedisPropagator(url, prefix="bench", history_size=history)
     await propagator.start(lambda key, payload: None)
     keys = [f"u:{index}" for index in range(1000)]
     per_task = max(1, count * 4 // 100)
@@ -121,7 +132,7 @@ async def publish_rates(url: str, count: int, repeat: int) -> dict[str, Any]:
     return {name: rates.summary() for name, rates in figures.items()}
 
 
-async def reader_cost(server: RedisServer, count: int, repeat: int) -> dict[str, Any]:
+async def reader_cost(server: RedisServer, count: int, repeat: int, history: int) -> dict[str, Any]:
     """µs of this process's CPU time per message received and delivered."""
     received = 0
     target = 0
@@ -133,12 +144,13 @@ async def reader_cost(server: RedisServer, count: int, repeat: int) -> dict[str,
         if received == target:
             done.set()
 
-    propagator = RedisPropagator(server.url, prefix="bench")
+    propagator = RedisPropagator(server.url, prefix="bench", history_size=history)
     await propagator.start(deliver)
     samples = []
     try:
         await propagator.subscribe(["u:reader"])
-        for _ in range(repeat):
+        await propagator.barrier(["u:reader"])
+        for round_ in range(repeat):
             received, target = 0, count
             done.clear()
             start = time.process_time()
@@ -147,8 +159,9 @@ async def reader_cost(server: RedisServer, count: int, repeat: int) -> dict[str,
                 "-c",
                 _FLOOD,
                 str(server.port),
-                "bench:u:reader",
+                ChannelNames("bench").channel("u:reader"),
                 str(count),
+                f"{round_:08x}" if history else "",  # a new epoch each round: offsets from 1
                 stdin=subprocess.PIPE,
             )
             await flood.communicate(PAYLOAD)
@@ -165,8 +178,11 @@ async def main_async(count: int, repeat: int) -> dict[str, Any]:
     server.start()
     try:
         return {
-            "publish": await publish_rates(server.url, count, repeat),
-            "reader": await reader_cost(server, count * 10, repeat),
+            f"history_{name}": {
+                "publish": await publish_rates(server.url, count, repeat, size),
+                "reader": await reader_cost(server, count * 10, repeat, size),
+            }
+            for name, size in (("on", 100), ("off", 0))
         }
     finally:
         server.stop()
@@ -183,17 +199,20 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    for name, figures in result["publish"].items():
+    for history, figures_of in result.items():
+        print(history.replace("_", " ") + ":")
+        for name, figures in figures_of["publish"].items():
+            print(
+                f"  publish, {name.replace('_', ' '):<20}: {figures['per_s_median']:>9,.0f}/s"
+                f" median, {figures['per_s_best']:>9,.0f}/s best; CPU"
+                f" {figures['cpu_us_median']:.2f} µs median, {figures['cpu_us_best']:.2f} best"
+                " per publish"
+            )
+        reader = figures_of["reader"]
         print(
-            f"publish, {name.replace('_', ' '):<20}: {figures['per_s_median']:>9,.0f}/s median,"
-            f" {figures['per_s_best']:>9,.0f}/s best; CPU {figures['cpu_us_median']:.2f} µs"
-            f" median, {figures['cpu_us_best']:.2f} best per publish"
+            f"  reader: {reader['us_per_message_median']:.2f} µs CPU per message median,"
+            f" {reader['us_per_message_best']:.2f} best"
         )
-    reader = result["reader"]
-    print(
-        f"reader: {reader['us_per_message_median']:.2f} µs CPU per message median,"
-        f" {reader['us_per_message_best']:.2f} best"
-    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Real ``redis-server`` processes for the tests: standalone servers and a Redis Cluster.
 
-Every server listens on 127.0.0.1 on a free port (never 6379), without persistence, in its own
-directory; a handle can stop, kill (SIGKILL, like a crash), restart on the same port, and pause
-(SIGSTOP: the socket stays open but nothing answers). Every wait is bounded. A missing
+Every server listens on 127.0.0.1 on a free port (never 6379), without persistence unless asked
+(``persistent=True``: an fsynced append-only file), in its own directory; a handle can stop,
+kill (SIGKILL, like a crash), restart on the same port, and pause (SIGSTOP: the socket stays
+open but nothing answers). Every wait is bounded. A missing
 ``redis-server`` makes the tests that need one fail, not skip. At the end, helpers to wait for
 what a propagator delivers.
 """
@@ -25,6 +26,9 @@ from typing import Any
 import anyio
 import pytest
 import redis
+
+from notifykit.envelope import unstamp
+from notifykit.wire import Position
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -74,11 +78,15 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         tls: bool = False,
+        persistent: bool = False,
     ) -> None:
         self.directory = directory
         self.port = port if port is not None else free_port()
         self.password = password
         self.tls = tls
+        self.persistent = persistent
+        """With ``persistent``: an append-only file, fsynced at every write, so a restart
+        (even after SIGKILL) keeps everything that was acknowledged."""
         self.certificate = directory / "cert.pem"
         """With ``tls``: the self-signed certificate clients must trust."""
         self.args = args
@@ -114,7 +122,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", HOST,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.directory),
             "--logfile", "",
             *self.args,
@@ -359,12 +368,14 @@ class RedisClusterServers:
         raise LookupError(f"no node serves slot {slot}")
 
     def move_slot(self, slot: int, target: RedisServer) -> None:
-        """Give the (key-less) ``slot`` to ``target``, as a resharding would, and wait until
-        every node agrees."""
+        """Give ``slot`` and its keys to ``target``, as a resharding does (``MIGRATE``), and
+        wait until every node agrees."""
         source = self.owner_of(slot)
         target_id, source_id = self.node_id(target), self.node_id(source)
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
         target.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         source.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         for node in self.nodes:
@@ -377,14 +388,18 @@ class RedisClusterServers:
 
 
 class Recorder:
-    """A ``deliver`` that records ``(key, payload)`` and lets a test wait for one."""
+    """A ``deliver`` that records ``(key, payload as published)`` and lets a test wait for one;
+    ``positions`` has each delivery's place in its stream (None when unstamped)."""
 
     def __init__(self) -> None:
         self.log: list[tuple[str, bytes]] = []
+        self.positions: list[tuple[str, Position | None]] = []
         self._changed = anyio.Event()
 
     def __call__(self, key: str, payload: bytes) -> None:
+        position, payload = unstamp(payload)
         self.log.append((key, payload))
+        self.positions.append((key, position))
         self._changed.set()
 
     def payloads(self, key: str) -> list[bytes]:

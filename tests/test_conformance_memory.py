@@ -8,17 +8,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
 
+import anyio
+import anyio.abc
 import pytest
 
 from notifykit.connection import Connection
+from notifykit.envelope import unstamp
 from notifykit.memory import MemoryBus, MemoryPropagator, MemorySocketState
+from notifykit.memory.history import new_epoch
+from notifykit.model import StreamHistory
 from notifykit.protocols import Deliver, Propagator
 from notifykit.testing.conformance import (
+    HISTORY_CHECKS,
     PROPAGATOR_CHECKS,
     SOCKET_STATE_CHECKS,
     PropagatorFactory,
     SocketStateFactory,
+    check_history,
+    check_history_barrier_waits_for_earlier_publishes,
+    check_history_complete_says_whether_the_limit_cut_the_read,
+    check_history_epoch_is_stable_across_reads_and_instances,
+    check_history_keeps_a_bounded_number_of_entries,
+    check_history_multi_key_publish_appends_once_per_key,
+    check_history_off_reads_nothing,
+    check_history_offsets_count_up_from_one_without_holes,
+    check_history_read_creates_an_epoch_for_an_unknown_key,
+    check_history_read_returns_the_stamped_payloads_delivered,
     check_propagator,
     check_propagator_aclose_is_idempotent_and_final,
     check_propagator_delivers_to_every_subscriber_once,
@@ -40,9 +58,11 @@ from notifykit.testing.conformance import (
 
 def memory_propagators(
     propagator_class: Callable[[MemoryBus], Propagator] = MemoryPropagator,
+    *,
+    history_size: int = 100,
 ) -> PropagatorFactory:
     """A factory of propagators that share one bus, like instances sharing one Redis."""
-    bus = MemoryBus()
+    bus = MemoryBus(history_size=history_size)
 
     @asynccontextmanager
     async def factory() -> AsyncIterator[Propagator]:
@@ -65,6 +85,24 @@ async def test_memory_propagator_passes(
 @pytest.mark.anyio
 async def test_memory_propagator_passes_the_whole_suite_on_one_bus() -> None:
     await check_propagator(memory_propagators())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("check", HISTORY_CHECKS, ids=lambda check: check.__name__)
+async def test_memory_history_passes(
+    check: Callable[[PropagatorFactory], Awaitable[None]],
+) -> None:
+    await check(memory_propagators())
+
+
+@pytest.mark.anyio
+async def test_memory_history_passes_the_whole_suite_on_one_bus() -> None:
+    await check_history(memory_propagators(history_size=10))
+
+
+@pytest.mark.anyio
+async def test_memory_propagator_without_history_passes_its_check() -> None:
+    await check_history_off_reads_nothing(memory_propagators(history_size=0))
 
 
 @pytest.mark.parametrize("check", SOCKET_STATE_CHECKS, ids=lambda check: check.__name__)
@@ -275,6 +313,161 @@ async def test_a_propagator_check_fails_a_propagator_that_breaks_its_rule(
 ) -> None:
     with pytest.raises(AssertionError, match=rule):
         await check(memory_propagators(broken), timeout=SHORT)
+
+
+class SkipsAnOffset(MemoryPropagator):
+    """Every fifth notification takes two offsets."""
+
+    async def publish(self, keys: Sequence[str], payload: bytes) -> None:
+        history = self._bus.history
+        self.count = getattr(self, "count", 0) + 1
+        if history is not None and self.count % 5 == 0:
+            for key in keys:
+                history.append(key, b"lost")
+        await super().publish(keys, payload)
+
+
+class AppendsTwiceToTheLastKey(MemoryPropagator):
+    async def publish(self, keys: Sequence[str], payload: bytes) -> None:
+        await super().publish(keys, payload)
+        if len(keys) > 1 and self._bus.history is not None:
+            self._bus.history.append(keys[-1], payload)
+
+
+class ReadsUnstampedPayloads(MemoryPropagator):
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        found = await super().read(after, limit)
+        return {
+            key: replace(stream, entries=tuple((o, unstamp(p)[1]) for o, p in stream.entries))
+            for key, stream in found.items()
+        }
+
+
+class NewEpochOnEveryRead(MemoryPropagator):
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        found = await super().read(after, limit)
+        return {key: replace(stream, epoch=new_epoch()) for key, stream in found.items()}
+
+
+class ForgetsUnknownKeys(MemoryPropagator):
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        found = await super().read(after, limit)
+        return {key: stream for key, stream in found.items() if stream.last > 0}
+
+
+class AlwaysComplete(MemoryPropagator):
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        found = await super().read(after, limit)
+        return {key: replace(stream, complete=True) for key, stream in found.items()}
+
+
+class DeliversLate(MemoryPropagator):
+    """Delivers from a task of its own, some time after publish returns; its barrier does not
+    wait for that."""
+
+    def __init__(self, bus: MemoryBus, *, tasks: anyio.abc.TaskGroup) -> None:
+        super().__init__(bus)
+        self.tasks = tasks
+
+    async def start(self, deliver: Deliver) -> None:
+        self.late: list[tuple[str, bytes]] = []
+
+        def later(key: str, payload: bytes) -> None:
+            self.late.append((key, payload))
+
+        self.real_deliver = deliver
+        await super().start(later)
+
+    async def publish(self, keys: Sequence[str], payload: bytes) -> None:
+        await super().publish(keys, payload)
+        for peer in list(self._bus.subscribers.get(keys[0], ())):
+            if isinstance(peer, DeliversLate):
+                peer.flush_soon()
+
+    def flush_soon(self) -> None:
+        async def flush() -> None:
+            await anyio.sleep(0.01)
+            late, self.late = self.late, []
+            for key, payload in late:
+                self.real_deliver(key, payload)
+
+        self.tasks.start_soon(flush)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("broken", "history_size", "check", "rule"),
+    [
+        (
+            SkipsAnOffset,
+            100,
+            check_history_offsets_count_up_from_one_without_holes,
+            "without holes",
+        ),
+        (
+            AppendsTwiceToTheLastKey,
+            100,
+            check_history_multi_key_publish_appends_once_per_key,
+            "appends once to each",
+        ),
+        (
+            ReadsUnstampedPayloads,
+            100,
+            check_history_read_returns_the_stamped_payloads_delivered,
+            "stamped payloads delivered",
+        ),
+        (
+            NewEpochOnEveryRead,
+            100,
+            check_history_epoch_is_stable_across_reads_and_instances,
+            "keeps one epoch",
+        ),
+        (
+            ForgetsUnknownKeys,
+            100,
+            check_history_read_creates_an_epoch_for_an_unknown_key,
+            "must answer for every key",
+        ),
+        (
+            MemoryPropagator,
+            10_000,
+            check_history_keeps_a_bounded_number_of_entries,
+            "history is bounded",
+        ),
+        (
+            AlwaysComplete,
+            100,
+            check_history_complete_says_whether_the_limit_cut_the_read,
+            "complete=False",
+        ),
+        (
+            MemoryPropagator,
+            100,
+            check_history_off_reads_nothing,
+            "without history, read",
+        ),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+async def test_a_history_check_fails_a_propagator_that_breaks_its_rule(
+    broken: type[MemoryPropagator],
+    history_size: int,
+    check: Callable[..., Awaitable[None]],
+    rule: str,
+) -> None:
+    # The default timeout: nothing here waits for what never comes, and a loaded machine may
+    # take longer than SHORT for one of the thousand publishes of the bounded check.
+    with pytest.raises(AssertionError, match=rule):
+        await check(memory_propagators(broken, history_size=history_size))
+
+
+@pytest.mark.anyio
+async def test_the_barrier_check_fails_a_barrier_that_does_not_wait() -> None:
+    async with anyio.create_task_group() as tasks:
+        with pytest.raises(AssertionError, match="barrier returns once earlier publishes"):
+            await check_history_barrier_waits_for_earlier_publishes(
+                memory_propagators(partial(DeliversLate, tasks=tasks)), timeout=1.0
+            )
 
 
 class LeakySocketState(MemorySocketState):

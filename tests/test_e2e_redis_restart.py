@@ -37,6 +37,7 @@ from servers_e2e import (
 )
 
 from notifykit.client import ConnectionState
+from notifykit.redis._channels import ChannelNames
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.redis]
 
@@ -76,7 +77,7 @@ def outage(request: pytest.FixtureRequest) -> Iterator[Outage]:
         restart: Callable[[], None] = node.restart  # already answering once it returns
     else:
         cluster: RedisClusterServers = request.getfixturevalue("fresh_redis_cluster")
-        node = cluster.owner_of(key_slot(f"{prefix}:u:{user}".encode()))
+        node = cluster.owner_of(key_slot(ChannelNames(prefix).channel(f"u:{user}")))
         instance = instance_on("--redis-cluster-url", cluster.url, prefix)
 
         def restart() -> None:

@@ -19,6 +19,7 @@ from servers import FAST_RECOVERY, Recorder, RedisClusterServers, RedisServer, e
 
 from notifykit.errors import ConfigurationError, PropagationError
 from notifykit.redis import RedisClusterPropagator, propagator_from_url
+from notifykit.redis._channels import ChannelNames
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -37,8 +38,11 @@ async def running(
         await propagator.aclose()
 
 
+NAMES = ChannelNames(PREFIX, cluster=True)
+
+
 def slot_of(key: str) -> int:
-    return key_slot(f"{PREFIX}:{key}".encode())
+    return key_slot(NAMES.channel(key))
 
 
 def keys_by_master(cluster: RedisClusterServers, per_master: int) -> dict[int, list[str]]:
@@ -86,9 +90,9 @@ async def test_channels_live_on_their_shard_with_one_subscriber_connection_per_m
 
         assert propagator.statistics()["subscriber_connections"] == 3
         for node in redis_cluster.nodes:
-            expected = {f"{PREFIX}:{key}".encode() for key in by_master[node.port]}
+            expected = {NAMES.channel(key) for key in by_master[node.port]}
             assert expected <= shard_channels(node)
-            others = {f"{PREFIX}:{key}".encode() for key in keys} - expected
+            others = {NAMES.channel(key) for key in keys} - expected
             assert not others & shard_channels(node), "a channel is held by the wrong shard"
             assert len(node.pubsub_clients(f"{name}-sub")) == 1
 
@@ -246,7 +250,7 @@ async def test_subscribers_and_publishers_follow_a_slot_to_its_new_master(
 ) -> None:
     cluster = fresh_redis_cluster
     key = keys_by_master(cluster, 1)[cluster.nodes[0].port][0]
-    slot, channel = slot_of(key), f"{PREFIX}:{key}".encode()
+    slot, channel = slot_of(key), NAMES.channel(key)
     old, new = cluster.nodes[0], cluster.nodes[2]
     recorder = Recorder()
     async with (

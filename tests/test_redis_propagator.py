@@ -99,8 +99,8 @@ async def test_a_payload_is_received_only_by_instances_subscribed_to_its_key(
         assert instance_b.statistics()["received"] == 5
         assert instance_both.statistics()["received"] == 15
         assert publisher.statistics()["received"] == 0
-        numsub = redis_server.command("PUBSUB", "NUMSUB", "nk-test:u:alice", "nk-test:u:bob")
-        assert numsub == [b"nk-test:u:alice", 2, b"nk-test:u:bob", 2]
+        numsub = redis_server.command("PUBSUB", "NUMSUB", "nk-test:{u:alice}", "nk-test:{u:bob}")
+        assert numsub == [b"nk-test:{u:alice}", 2, b"nk-test:{u:bob}", 2]
 
 
 async def test_hubs_sharing_one_redis_deliver_a_user_notification_only_where_the_user_is(
@@ -127,7 +127,7 @@ async def test_hubs_sharing_one_redis_deliver_a_user_notification_only_where_the
         await bob_on_2.assert_nothing()
 
 
-async def test_channels_are_prefix_colon_key_so_apps_with_other_prefixes_do_not_mix(
+async def test_channels_are_prefix_colon_tagged_key_so_apps_with_other_prefixes_do_not_mix(
     redis_server: RedisServer,
 ) -> None:
     shop, blog = Recorder(), Recorder()
@@ -135,9 +135,9 @@ async def test_channels_are_prefix_colon_key_so_apps_with_other_prefixes_do_not_
     async with running(url, shop, prefix="shop") as a, running(url, blog, prefix="blog") as b:
         await a.subscribe(["u:1"])
         await b.subscribe(["u:1"])
-        assert sorted(redis_server.command("PUBSUB", "CHANNELS", "*:u:1")) == [
-            b"blog:u:1",
-            b"shop:u:1",
+        assert sorted(redis_server.command("PUBSUB", "CHANNELS", "*:{u:1}")) == [
+            b"blog:{u:1}",
+            b"shop:{u:1}",
         ]
         await a.publish(["u:1"], b"for the shop")
         await b.publish(["u:1"], b"for the blog")

@@ -83,6 +83,40 @@ async def test_a_cluster_publisher_reaches_a_cluster_hub(
         assert [(await box.next(timeout=5)).id for _ in range(2)] == [first, second]
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_what_sync_code_publishes_is_kept_in_history_like_the_hubs_own(
+    cluster: bool, request: pytest.FixtureRequest
+) -> None:
+    servers = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
+    kind = RedisClusterPropagator if cluster else RedisPropagator
+    prefix = f"{PREFIX}-history-{cluster}"
+    async with Hub(kind(servers.url, prefix=prefix)) as hub, inbox(hub, "42") as box:
+        publisher = RedisSyncPublisher(servers.url, prefix=prefix, cluster=cluster)
+        try:
+            by_hub = await hub.notify_users(["42", "43"], "from the hub")
+            by_sync = await anyio.to_thread.run_sync(
+                publisher.notify_users, ["42", "43"], "from sync code"
+            )
+        finally:
+            publisher.close()
+        got = [await box.next(timeout=5) for _ in range(2)]
+        assert [(n.id, n.stream, n.offset) for n in got] == [
+            (by_hub, "u:42", 1),
+            (by_sync, "u:42", 2),
+        ]
+        for stream in ("u:42", "u:43"):
+            page = await hub.history(stream)
+            assert page.last == 2
+            assert by_hub in page.notifications[0]
+            assert by_sync in page.notifications[1]
+
+
+def test_without_history_sync_code_publishes_plainly(redis_server: RedisServer) -> None:
+    with RedisSyncPublisher(redis_server.url, prefix=PREFIX, history_size=0) as publisher:
+        publisher.notify_user("42", "plain")
+    assert redis_server.command("DBSIZE") == 0
+
+
 def test_ids_are_unique_and_increasing_per_thread_when_threads_share_a_publisher(
     redis_server: RedisServer,
 ) -> None:
@@ -134,6 +168,7 @@ def test_an_unreachable_redis_raises_propagation_error_without_the_password() ->
         pytest.param("http://127.0.0.1", {}, id="not-a-redis-url"),
         pytest.param("redis://127.0.0.1", {"prefix": "has space"}, id="bad-prefix"),
         pytest.param("redis://127.0.0.1", {"timeout": 0}, id="zero-timeout"),
+        pytest.param("redis://127.0.0.1", {"history_size": -1}, id="negative-history"),
     ],
 )
 def test_unusable_settings_are_refused_at_once(url: str, options: dict[str, object]) -> None:

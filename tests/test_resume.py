@@ -130,6 +130,11 @@ async def test_a_topic_subscription_gives_the_topic_stream_position(hub: Hub) ->
 
 
 async def test_a_resuming_client_gets_what_it_missed_in_order_then_live(hub: Hub) -> None:
+    await missed_then_live(hub)
+
+
+async def missed_then_live(hub: Hub) -> None:
+    """A client resumes: what it missed on two streams, in order, then live (any backend)."""
     gateway = Gateway(hub, TokenIsUser())
     book = Book()
     async with connect(gateway, "42") as client:
@@ -158,6 +163,11 @@ async def test_a_resuming_client_gets_what_it_missed_in_order_then_live(hub: Hub
 async def test_a_resume_from_another_epoch_is_not_recovered_and_replays_nothing(
     hub: Hub,
 ) -> None:
+    await another_epoch_not_recovered(hub)
+
+
+async def another_epoch_not_recovered(hub: Hub) -> None:
+    """A position of another epoch is not recovered, and nothing is replayed (any backend)."""
     await hub.notify_user("42", "something")
     stale = {"u:42": Position("gone0000", 1)}
     async with connect(Gateway(hub, TokenIsUser()), "42", stale) as client:
@@ -171,13 +181,18 @@ async def test_a_resume_from_another_epoch_is_not_recovered_and_replays_nothing(
 
 async def test_a_resume_beyond_retention_is_not_recovered() -> None:
     async with Hub(MemoryPropagator(history_size=3)) as small:
-        gateway = Gateway(small, TokenIsUser())
-        async with connect(gateway, "42") as client:
-            position = (await welcome(client)).positions["u:42"]
-        for n in range(5):
-            await small.notify_user("42", "overflow", n)
-        async with connect(gateway, "42", {"u:42": position}) as client:
-            assert (await welcome(client)).recovered is False
+        await beyond_retention_not_recovered(small)
+
+
+async def beyond_retention_not_recovered(small: Hub) -> None:
+    """With 3 entries kept, a client 5 behind is not recovered (any backend)."""
+    gateway = Gateway(small, TokenIsUser())
+    async with connect(gateway, "42") as client:
+        position = (await welcome(client)).positions["u:42"]
+    for n in range(5):
+        await small.notify_user("42", "overflow", n)
+    async with connect(gateway, "42", {"u:42": position}) as client:
+        assert (await welcome(client)).recovered is False
 
 
 async def test_resume_never_replays_another_users_stream(hub: Hub) -> None:
@@ -194,6 +209,11 @@ async def test_resume_never_replays_another_users_stream(hub: Hub) -> None:
 
 
 async def test_a_topic_subscribe_since_replays_what_was_missed(hub: Hub) -> None:
+    await topic_since_replays(hub)
+
+
+async def topic_since_replays(hub: Hub) -> None:
+    """``subscribe`` with ``since`` replays what the topic had meanwhile (any backend)."""
     gateway = Gateway(hub, TokenIsUser())
     async with connect(gateway, "42") as client:
         await welcome(client)
@@ -238,50 +258,56 @@ async def test_without_history_positions_are_empty_and_a_resume_is_not_recovered
 
 
 async def test_resuming_while_notifications_keep_coming_loses_and_repeats_nothing() -> None:
-    # Two instances on one bus: one publishes without pause, the other serves clients that
-    # disconnect and resume again and again. Every client must see one unbroken sequence.
     bus = MemoryBus(history_size=10_000)
-    total, clients, rounds = 600, 4, 8
+    async with Hub(MemoryPropagator(bus)) as publisher, Hub(MemoryPropagator(bus)) as server:
+        await resume_under_load(publisher, server, total=600, clients=4, rounds=8)
+
+
+async def resume_under_load(
+    publisher: Hub, server: Hub, *, total: int, clients: int, rounds: int
+) -> None:
+    """Two instances: one publishes without pause, the other serves clients that disconnect
+    and resume again and again. Every client must see one unbroken sequence (any backend;
+    history must keep ``total`` entries)."""
     sent: list[str] = []
     done = anyio.Event()
-    async with Hub(MemoryPropagator(bus)) as publisher, Hub(MemoryPropagator(bus)) as server:
-        gateway = Gateway(server, TokenIsUser(), queue_size=10_000)
+    gateway = Gateway(server, TokenIsUser(), queue_size=10_000)
 
-        async def publish_all() -> None:
-            for n in range(total):
-                sent.append(await publisher.notify_user("42", "tick", n))
-                if n % 7 == 0:
-                    await anyio.lowlevel.checkpoint()
-            done.set()
+    async def publish_all() -> None:
+        for n in range(total):
+            sent.append(await publisher.notify_user("42", "tick", n))
+            if n % 7 == 0:
+                await anyio.lowlevel.checkpoint()
+        done.set()
 
-        async def follow(seen: list[str]) -> None:
-            book = Book()
-            for _ in range(rounds):
-                resume = dict(book.positions) if book.positions else None
-                async with connect(gateway, "42", resume) as client:
-                    greeting = await welcome(client)
-                    assert greeting.recovered in (None, True)
-                    book.welcomed(greeting)
-                    for _ in range(total // rounds // 2):
-                        frame = await client.recv()
-                        assert isinstance(frame, Notification)
-                        book.took(frame)
-                        seen.append(frame.id)
-            await done.wait()
-            async with connect(gateway, "42", book.positions) as client:
-                book.welcomed(await welcome(client))
-                while not seen or seen[-1] != sent[-1]:
+    async def follow(seen: list[str]) -> None:
+        book = Book()
+        for _ in range(rounds):
+            resume = dict(book.positions) if book.positions else None
+            async with connect(gateway, "42", resume) as client:
+                greeting = await welcome(client)
+                assert greeting.recovered in (None, True)
+                book.welcomed(greeting)
+                for _ in range(total // rounds // 2):
                     frame = await client.recv()
                     assert isinstance(frame, Notification)
                     book.took(frame)
                     seen.append(frame.id)
+        await done.wait()
+        async with connect(gateway, "42", book.positions) as client:
+            book.welcomed(await welcome(client))
+            while not seen or seen[-1] != sent[-1]:
+                frame = await client.recv()
+                assert isinstance(frame, Notification)
+                book.took(frame)
+                seen.append(frame.id)
 
-        seen_by: list[list[str]] = [[] for _ in range(clients)]
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(publish_all)
-                for seen in seen_by:
-                    tasks.start_soon(follow, seen)
+    seen_by: list[list[str]] = [[] for _ in range(clients)]
+    with anyio.fail_after(45):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(publish_all)
+            for seen in seen_by:
+                tasks.start_soon(follow, seen)
     for seen in seen_by:
         first = sent.index(seen[0])
         assert seen == sent[first:]

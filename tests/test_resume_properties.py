@@ -23,6 +23,7 @@ from notifykit import Hub
 from notifykit.gateway import Gateway
 from notifykit.memory import MemoryPropagator
 from notifykit.model import Handshake, Principal
+from notifykit.protocols import Propagator
 from notifykit.wire import Notification, Position, Welcome
 
 pytestmark = pytest.mark.anyio
@@ -73,11 +74,13 @@ AWAY_A_LITTLE = [("connect", 0), ("disconnect", 0), ("publish", "user"), ("publi
 AWAY_A_LITTLE += [("connect", 0), ("publish", "user")]
 
 
-async def run(script: list[tuple[str, object]]) -> None:
+async def run(script: list[tuple[str, object]], propagator: Propagator | None = None) -> None:
+    """Run ``script`` on a hub over ``propagator`` (default: in memory; any other must keep
+    ``HISTORY`` entries per stream and start with empty streams)."""
     published: dict[str, list[str]] = {"u:u": [], "all": []}
     clients = [Client("u") for _ in range(CLIENTS)]
     async with (
-        Hub(MemoryPropagator(history_size=HISTORY)) as hub,
+        Hub(propagator or MemoryPropagator(history_size=HISTORY)) as hub,
         anyio.create_task_group() as tasks,
     ):
         gateway = Gateway(hub, TokenIsUser(), queue_size=1000)

@@ -92,7 +92,12 @@ def build_backends(settings: Settings) -> Backends:
 
     try:
         propagator = propagator_from_url(
-            url, cluster=cluster, prefix=prefix, client_name=f"notifykit-{instance_id}"
+            url,
+            cluster=cluster,
+            prefix=prefix,
+            client_name=f"notifykit-{instance_id}",
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl,
         )
         presence = RedisPresence(
             url, prefix=prefix, instance_id=instance_id, ttl=ttl, cluster=cluster
@@ -100,7 +105,9 @@ def build_backends(settings: Settings) -> Backends:
     except ValueError as exc:  # ConfigurationError is a ValueError; so are urllib's
         raise UsageError(f"{flag}: {exc}") from None
     kind = "Redis Cluster" if cluster else "Redis"
-    description = f"{kind} at {where} (prefix {prefix!r}, presence ttl {ttl:g} s)"
+    description = (
+        f"{kind} at {where} (prefix {prefix!r}, presence ttl {ttl:g} s); {_history(settings)}"
+    )
     return Backends(propagator, presence, instance_id, description)
 
 

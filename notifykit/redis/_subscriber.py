@@ -15,6 +15,11 @@ reconnecting with capped, jittered backoff; each session runs three tasks on one
   answer comes within ``command_timeout`` (a silently dead socket) or if the answer shows the
   connection has left pub/sub mode (it lost its subscriptions).
 
+:meth:`Subscriber.ping` is the barrier history needs: Redis answers a ``PING`` after every
+message it wrote to the connection before, and the reader hands messages on inline, so the
+``PONG`` proves that everything published before the call has been handed on. Concurrent calls
+share one ``PING``; a call that comes while one is on the wire waits for the next.
+
 A new session subscribes to every wanted channel again; the subscriber is :attr:`healthy` once
 Redis has confirmed every one of them.
 """
@@ -23,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from redis.exceptions import ResponseError
 
+from ..errors import PropagationError
 from ._connection import backoff, close_quietly, open_connection
 from ._errors import describe, is_outage
 from ._subscriptions import Confirmed, Desync, Lost, Pong, Refused, Subscriptions, Unexpected
@@ -102,6 +109,8 @@ class Subscriber:
         self._first_attempt = asyncio.Event()
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
+        self._barrier_next: list[asyncio.Future[None]] = []
+        self._barrier_sent: deque[list[asyncio.Future[None]]] = deque()  # one per PING sent
         self._sessions = 0
         self._closing = False
         self.connected = False
@@ -147,6 +156,32 @@ class Subscriber:
         if self._state.has_work:
             self._wake.set()
 
+    async def ping(self) -> None:
+        """Return once the server answered a ``PING`` written after this call: every message
+        published to this connection's channels before the call has then been delivered.
+        While disconnected, it waits for the next connection (bound it with a timeout)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barrier_next.append(future)
+        if len(self._barrier_next) == 1 and self._state.active:
+            self._state.request_ping()
+            self._wake.set()
+        try:
+            await future
+        finally:
+            if not future.done():  # cancelled: forget it
+                future.cancel()
+
+    def _pings_sent(self) -> None:
+        """A ``PING`` went into the commands being written: it answers the waiters so far."""
+        self._barrier_sent.append(self._barrier_next)
+        self._barrier_next = []
+
+    def _ponged(self) -> None:
+        if self._barrier_sent:
+            for future in self._barrier_sent.popleft():
+                if not future.done():
+                    future.set_result(None)
+
     async def wait_healthy(self) -> None:
         """Return once :attr:`healthy` (at once if it is)."""
         await self._became_healthy.wait()
@@ -183,6 +218,12 @@ class Subscriber:
                 logger.error("subscriber task failed", exc_info=task.exception())
         self.connected = False
         self._update_health()
+        waiting = [future for sent in self._barrier_sent for future in sent] + self._barrier_next
+        self._barrier_sent.clear()
+        self._barrier_next = []
+        for future in waiting:
+            if not future.done():
+                future.set_exception(PropagationError("the propagator is closed"))
 
     COUNTERS = (
         "received",
@@ -289,6 +330,8 @@ class Subscriber:
             )
         self.connected = True
         self._update_health()
+        if self._barrier_next:
+            self._state.request_ping()
         self._wake.set()
         # Not an asyncio.TaskGroup: on Python 3.11 a TaskGroup whose child fails leaves the
         # parent task with a stale cancellation request, which later breaks timeouts and
@@ -311,6 +354,10 @@ class Subscriber:
         raise Desync("a session task ended")  # pragma: no cover - they loop forever
 
     def _end_session(self) -> None:
+        # PINGs that will never be answered: their waiters wait for the next connection's.
+        waiting = [future for sent in self._barrier_sent for future in sent]
+        self._barrier_sent.clear()
+        self._barrier_next = waiting + self._barrier_next
         self._state.end()
         self._pong.clear()
         self._wake.clear()
@@ -326,7 +373,10 @@ class Subscriber:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            pings = state.pings
             commands = state.next_commands()
+            if state.pings != pings:
+                self._pings_sent()
             if commands:
                 if not connection.is_connected:
                     raise Desync("the connection was closed")
@@ -384,6 +434,7 @@ class Subscriber:
         """Act on what a reply that is not a message meant."""
         if isinstance(reply, Pong):
             self._pong.set()
+            self._ponged()
         elif isinstance(reply, Unexpected):
             logger.warning(
                 "skipped an unexpected reply from Redis at %s: %.100r",

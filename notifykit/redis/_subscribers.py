@@ -98,6 +98,9 @@ class Subscribers:
         self._retired: dict[str, int] = {}
         self.rejected = 0
         self.moved = 0
+        self.on_confirmed: Callable[[str], None] | None = None
+        """Called with the key of every subscription Redis confirms (a new one, or one made
+        again after a reconnection or a slot move): history catches it up."""
 
     def start(self, deliver: Deliver) -> None:
         """Deliver what every subscriber, present and future, receives to ``deliver``."""
@@ -188,6 +191,26 @@ class Subscribers:
                 self._retired[name] = self._retired.get(name, 0) + value
             await subscriber.aclose()
 
+    async def ping(self, keys: Collection[str]) -> None:
+        """Return once every message published to ``keys`` before the call has been delivered
+        (a ``PING`` answered on each connection holding one of them; keys not wanted are
+        skipped). Waits for a reconnection if one is down: bound it with a timeout. Raises
+        :class:`~notifykit.errors.PropagationError` if a wanted key has no server for now."""
+        holders: dict[str, Subscriber] = {}
+        names = self._names
+        for key in keys:
+            channel = names.channel(key)
+            if channel not in self.routes:
+                continue
+            owner = self._owner.get(channel)
+            if owner is None:
+                raise PropagationError(f"no server holds the subscription to {key!r} for now")
+            holders[owner.endpoint.address] = owner
+        if len(holders) == 1:
+            await next(iter(holders.values())).ping()
+        elif holders:
+            await asyncio.gather(*(subscriber.ping() for subscriber in holders.values()))
+
     @property
     def healthy(self) -> bool:
         """True while every connection is up with its subscriptions restored."""
@@ -239,6 +262,10 @@ class Subscribers:
         """Act on what ``subscriber`` heard from Redis."""
         if isinstance(event, Confirmed):
             self._release(event.channel)
+            if self.on_confirmed is not None:
+                key = self.routes.get(event.channel)
+                if key is not None:
+                    self.on_confirmed(key)
         elif isinstance(event, Refused):
             self._refused(subscriber, event.channels, event.error)
         elif isinstance(event, Lost):

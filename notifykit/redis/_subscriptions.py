@@ -125,6 +125,8 @@ class Subscriptions:
         self._ping_wanted = False
         self.lost_subscriptions = 0
         self.unexpected_replies = 0
+        self.pings = 0
+        """How many ``PING`` commands :meth:`next_commands` has given out."""
 
     # --- what the owner wants -------------------------------------------------------------
 
@@ -216,6 +218,7 @@ class Subscriptions:
                     self._inflight[channel] = self._inflight.get(channel, 0) + 1
         if self._ping_wanted:
             self._ping_wanted = False
+            self.pings += 1
             commands.append(_PING_COMMAND)
             self._fifo.append(_Command(_PING, []))
         return commands

@@ -23,6 +23,8 @@ from ..errors import ConfigurationError, PropagationError
 from ._base import RedisPropagatorBase
 from ._connection import Settings, backoff
 from ._errors import PublishFailed, describe, is_outage, is_redirect, map_redis_errors
+from ._history import HistorySettings
+from ._sequencer import new_epoch
 from ._topology import Topology
 
 if TYPE_CHECKING:
@@ -42,7 +44,9 @@ class RedisClusterPropagator(RedisPropagatorBase):
     ``url`` names any node (``redis://:secret@10.0.0.5:7000``); the others are discovered.
     ``prefix`` must not contain ``{`` or ``}`` (a hash tag would put every channel in one slot).
     The tunables are those of :class:`~notifykit.redis.RedisPropagator`, plus
-    ``topology_refresh_interval``: how often the slot map is re-read even if nothing went wrong.
+    ``topology_refresh_interval``: how often the slot map is re-read even if nothing went wrong,
+    and the history settings ``history_size`` and ``history_ttl`` (a stream, its meta hash and
+    its channel share one hash slot, so each append runs on one master).
     A publish waits for (or is refused because of) the subscriber connection to the master it
     goes to only, so the other shards keep working while one is down. Raises
     :class:`~notifykit.errors.ConfigurationError` for an unusable URL or setting.
@@ -61,6 +65,8 @@ class RedisClusterPropagator(RedisPropagatorBase):
         max_pending_publishes: int = 10_000,
         client_name: str = "notifykit",
         topology_refresh_interval: float = 30.0,
+        history_size: int = 100,
+        history_ttl: float = 3600.0,
     ) -> None:
         if not isinstance(topology_refresh_interval, int | float) or topology_refresh_interval <= 0:
             raise ConfigurationError("topology_refresh_interval must be a positive number")
@@ -73,7 +79,8 @@ class RedisClusterPropagator(RedisPropagatorBase):
             max_pending_publishes=max_pending_publishes,
             client_name=client_name,
         )
-        super().__init__(url, prefix, settings, cluster=True)
+        history = HistorySettings(history_size, history_ttl)
+        super().__init__(url, prefix, settings, history, cluster=True)
         self._topology = Topology(self._endpoint, self._settings)
         self._refresh_interval = float(topology_refresh_interval)
         self._refresher: asyncio.Task[None] | None = None
@@ -113,42 +120,47 @@ class RedisClusterPropagator(RedisPropagatorBase):
     # --- publishing -----------------------------------------------------------------------
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
-        """``SPUBLISH`` to each key's channel, pipelined per master; after a ``MOVED`` the slot
-        map is refreshed and the redirected channels are published once more.
+        """``SPUBLISH`` to each key's channel (with history: the append script, which
+        ``SPUBLISH``-es), pipelined per master; after a ``MOVED`` the slot map is refreshed
+        and the redirected keys are published once more (a redirected command did not run).
 
         Raises :class:`~notifykit.errors.PropagationError` if a master did not accept its
         share, or if this instance would not receive it itself (see
         :class:`~notifykit.redis.RedisPropagator.publish`).
         """
         self._check_running()
-        channels = self._names.channels(keys)
         seen = self.topology_refreshes
+        epoch = new_epoch()
         try:
-            await self._publish(channels, payload)
+            await self._publish(keys, payload, epoch)
         except PublishFailed as exc:
             if not all(is_redirect(error) for _, error in exc.errors):
                 raise
             await self._refresh_after(seen)
-            await self._publish([channel for channel, _ in exc.errors], payload)
+            refused = {channel for channel, _ in exc.errors}
+            names = self._names
+            again = [key for key in keys if names.channel(key) in refused]
+            await self._publish(again, payload, epoch)
         except PropagationError:
             self._refresh_needed.set()  # a master may have failed over
             raise
 
-    async def _publish(self, channels: list[bytes], payload: bytes) -> None:
-        by_master: dict[str, list[bytes]] = {}
-        for channel in channels:
-            address = self._topology.address_for(channel)
+    async def _publish(self, keys: Sequence[str], payload: bytes, epoch: bytes) -> None:
+        by_master: dict[str, list[str]] = {}
+        names = self._names
+        for key in keys:
+            address = self._topology.address_for(names.channel(key))
             if address is None:
                 self._refresh_needed.set()
                 raise PropagationError("no reachable cluster node serves the channel's slot")
-            by_master.setdefault(address, []).append(channel)
+            by_master.setdefault(address, []).append(key)
         masters = self._topology.masters
         if len(by_master) == 1:
             ((address, group),) = by_master.items()
-            await self._publish_at(masters[address], group, payload)
+            await self._publish_at(masters[address], group, payload, epoch)
             return
         results = await asyncio.gather(
-            *(self._publish_at(masters[a], g, payload) for a, g in by_master.items()),
+            *(self._publish_at(masters[a], g, payload, epoch) for a, g in by_master.items()),
             return_exceptions=True,
         )
         errors = [result for result in results if isinstance(result, BaseException)]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from ..errors import PropagationError
 from ._base import RedisPropagatorBase
 from ._connection import Settings
+from ._history import HistorySettings
+from ._sequencer import new_epoch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,6 +40,11 @@ class RedisPropagator(RedisPropagatorBase):
     ``max_pending_publishes`` bounds the publish queue (callers wait beyond it);
     ``client_name`` names the connections in ``CLIENT LIST`` (``<name>-sub``, ``<name>-pub``).
 
+    History: every stream keeps its last ``history_size`` notifications, none older than
+    ``history_ttl`` seconds, in a Redis stream beside its channel (``history_size=0``: none,
+    a plain ``PUBLISH``); every instance of a deployment must use the same settings. See
+    ``docs/redis.md#history``.
+
     ``start()`` never fails because Redis is down: the propagator reports ``healthy = False``
     and keeps reconnecting; ``subscribe()`` waits for the connection (bound it with a timeout,
     as the hub does) and ``publish()`` raises :class:`~notifykit.errors.PropagationError`.
@@ -58,6 +65,8 @@ class RedisPropagator(RedisPropagatorBase):
         backoff_max: float = 10.0,
         max_pending_publishes: int = 10_000,
         client_name: str = "notifykit",
+        history_size: int = 100,
+        history_ttl: float = 3600.0,
     ) -> None:
         settings = Settings(
             connect_timeout=connect_timeout,
@@ -68,7 +77,8 @@ class RedisPropagator(RedisPropagatorBase):
             max_pending_publishes=max_pending_publishes,
             client_name=client_name,
         )
-        super().__init__(url, prefix, settings, cluster=False)
+        history = HistorySettings(history_size, history_ttl)
+        super().__init__(url, prefix, settings, history, cluster=False)
         self._the_publisher: Publisher | None = None
         self._the_subscriber: Subscriber | None = None
 
@@ -81,7 +91,9 @@ class RedisPropagator(RedisPropagatorBase):
         await subscriber.wait_first_attempt(self._settings.connect_timeout + 1.0)
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
-        """``PUBLISH`` ``payload`` to each key's channel, pipelined with concurrent calls.
+        """``PUBLISH`` ``payload`` to each key's channel, pipelined with concurrent calls; with
+        history, append it to each key's stream and publish it stamped, atomically (one
+        ``EVALSHA`` per key).
 
         Raises :class:`~notifykit.errors.PropagationError` if Redis did not accept them all,
         or if this instance would not receive them itself: while its subscriber connection is
@@ -94,4 +106,7 @@ class RedisPropagator(RedisPropagatorBase):
             raise PropagationError("the propagator is not running")
         if not subscriber.healthy:
             await self._ready(publisher)
-        await publisher.publish(self._names.channels(keys), payload)
+        if self._history is None:
+            await publisher.publish(self._names.channels(keys), payload)
+        else:
+            await self._send(publisher, keys, payload, new_epoch())

@@ -9,9 +9,11 @@ commands, cron scripts — with no event loop and no running hub.
     publisher.notify_user("42", "order.shipped", {"order": 7})         # anywhere, any thread
 
 A notification is encoded exactly as :meth:`Hub.publish <notifykit.hub.Hub.publish>` encodes it
-(:func:`notifykit.envelope.pack`) and ``PUBLISH``-ed to the same per-key channels
-(``SPUBLISH`` on a Redis Cluster), so every instance of the deployment delivers it as if one of
-its own hubs had published it. Each call is one round trip on redis-py's blocking client, whose
+(:func:`notifykit.envelope.pack`) and published to the same per-key channels through the same
+Lua script as the propagators' (appended to each key's history, then ``PUBLISH``-ed, or
+``SPUBLISH``-ed on a Redis Cluster; a plain ``PUBLISH`` with ``history_size=0``), so every
+instance of the deployment delivers it — and replays it to resuming clients — as if one of its
+own hubs had published it. Each call is one round trip on redis-py's blocking client, whose
 connection pool makes the publisher safe to share between threads.
 """
 
@@ -29,6 +31,8 @@ from ..model import Target, ToAuthenticated, ToEveryone, ToTopic, ToUsers, users
 from ._channels import ChannelNames
 from ._connection import Endpoint
 from ._errors import map_redis_errors
+from ._history import APPEND, SHARDED_APPEND, HistorySettings
+from ._sequencer import new_epoch
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -40,9 +44,10 @@ __all__ = ["RedisSyncPublisher"]
 class RedisSyncPublisher:
     """Publishes notifications to a notifykit deployment on Redis from synchronous code.
 
-    ``url`` and ``prefix`` must match the deployment's propagator (``RedisPropagator``, or
-    ``RedisClusterPropagator`` with ``cluster=True``). ``timeout`` bounds connecting and each
-    publish, in seconds. Methods mirror the hub's and return the notification's id; they raise
+    ``url``, ``prefix``, ``history_size`` and ``history_ttl`` must match the deployment's
+    propagator (``RedisPropagator``, or ``RedisClusterPropagator`` with ``cluster=True``).
+    ``timeout`` bounds connecting and each publish, in seconds. Methods mirror the hub's and
+    return the notification's id; they raise
     :class:`~notifykit.errors.InvalidNotification` for a bad event, target or data and
     :class:`~notifykit.errors.PropagationError` if Redis did not take the notification.
     ``close()`` (or ``with``) releases the connections.
@@ -55,9 +60,15 @@ class RedisSyncPublisher:
         prefix: str = "notifykit",
         cluster: bool = False,
         timeout: float = 5.0,
+        history_size: int = 100,
+        history_ttl: float = 3600.0,
     ) -> None:
         self._address = Endpoint.from_url(url).address  # checks the URL
         self._names = ChannelNames(prefix, cluster=cluster)
+        history = HistorySettings(history_size, history_ttl)
+        self._history_args = (
+            (str(history.size), str(max(1, round(history.ttl * 1000)))) if history.enabled else None
+        )
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigurationError(f"timeout must be seconds above 0, not {timeout!r}")
         options: dict[str, Any] = {
@@ -71,6 +82,7 @@ class RedisSyncPublisher:
                 self._client = RedisCluster.from_url(url, **options)
             else:
                 self._client = redis.Redis.from_url(url, **options)
+        self._append = self._client.register_script(SHARDED_APPEND if cluster else APPEND)
         self._ids = IdGenerator()
         self._ids_lock = threading.Lock()  # ids stay unique and increasing across threads
 
@@ -82,17 +94,34 @@ class RedisSyncPublisher:
             notification_id = self._ids()
         envelope = Envelope(notification_id, event, data, target, exclude)
         payload = pack(envelope)
-        channels = self._names.channels(envelope.keys())
+        keys = envelope.keys()
         with map_redis_errors("publish", self._address):
-            if isinstance(self._client, RedisCluster):
-                for channel in channels:  # each channel's shard, found by its slot
+            if self._history_args is not None:
+                self._publish_with_history(keys, payload, self._history_args)
+            elif isinstance(self._client, RedisCluster):
+                for channel in self._names.channels(keys):  # each channel's shard, by its slot
                     self._client.spublish(channel, payload)
             else:
                 with self._client.pipeline(transaction=False) as pipeline:
-                    for channel in channels:
+                    for channel in self._names.channels(keys):
                         pipeline.publish(channel, payload)
                     pipeline.execute()
         return envelope.id
+
+    def _publish_with_history(
+        self, keys: tuple[str, ...], payload: bytes, settings: tuple[str, str]
+    ) -> None:
+        """Run the append script for each key (see :mod:`notifykit.redis._history`)."""
+        names, append = self._names, self._append
+        args = (new_epoch(), *settings, payload)
+        if isinstance(self._client, RedisCluster):
+            for key in keys:  # each key's master, found by its slot
+                append([names.meta(key), names.stream(key), names.channel(key)], args)
+            return
+        with self._client.pipeline(transaction=False) as pipeline:
+            for key in keys:
+                append([names.meta(key), names.stream(key), names.channel(key)], args, pipeline)
+            pipeline.execute()
 
     def notify_user(
         self, user_id: str, event: str, data: Any = None, *, exclude: str | None = None

@@ -19,6 +19,10 @@ A :data:`PropagatorFactory` returns, on every call, an async context manager yie
 instances of one deployment are. The checks call ``start``, ``aclose`` (then leave the context)
 themselves. Keys are unique per check run, so one backend can serve every check.
 
+The history checks (:data:`HISTORY_CHECKS`) hold propagators that keep history to the rest of
+the contract — offsets, epochs, ``read``, ``barrier`` — and
+:func:`check_history_off_reads_nothing` holds those that keep none to theirs.
+
 Absence is proved with sentinels, never with a sleep: after publishing what must not arrive, a
 check publishes to a key every instance is still subscribed to and waits until that arrives
 everywhere (the pipe is flowing); then once more, so that every reader of every instance has had
@@ -28,6 +32,20 @@ key only); then it looks.
 
 from __future__ import annotations
 
+from ._history_checks import (
+    HISTORY_CHECKS,
+    HistoryCheck,
+    check_history,
+    check_history_barrier_waits_for_earlier_publishes,
+    check_history_complete_says_whether_the_limit_cut_the_read,
+    check_history_epoch_is_stable_across_reads_and_instances,
+    check_history_keeps_a_bounded_number_of_entries,
+    check_history_multi_key_publish_appends_once_per_key,
+    check_history_off_reads_nothing,
+    check_history_offsets_count_up_from_one_without_holes,
+    check_history_read_creates_an_epoch_for_an_unknown_key,
+    check_history_read_returns_the_stamped_payloads_delivered,
+)
 from ._propagator_checks import (
     PROPAGATOR_CHECKS,
     PropagatorCheck,
@@ -64,11 +82,23 @@ from ._socket_state_checks import (
 )
 
 __all__ = [
+    "HISTORY_CHECKS",
     "PROPAGATOR_CHECKS",
     "SOCKET_STATE_CHECKS",
+    "HistoryCheck",
     "PropagatorCheck",
     "PropagatorFactory",
     "SocketStateFactory",
+    "check_history",
+    "check_history_barrier_waits_for_earlier_publishes",
+    "check_history_complete_says_whether_the_limit_cut_the_read",
+    "check_history_epoch_is_stable_across_reads_and_instances",
+    "check_history_keeps_a_bounded_number_of_entries",
+    "check_history_multi_key_publish_appends_once_per_key",
+    "check_history_off_reads_nothing",
+    "check_history_offsets_count_up_from_one_without_holes",
+    "check_history_read_creates_an_epoch_for_an_unknown_key",
+    "check_history_read_returns_the_stamped_payloads_delivered",
     "check_propagator",
     "check_propagator_aclose_is_idempotent_and_final",
     "check_propagator_delivers_own_publishes",

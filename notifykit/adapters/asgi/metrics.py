@@ -190,6 +190,46 @@ _PROPAGATOR: Final = {
         _GAUGE,
         "Subscriber connections open (one per Redis Cluster master).",
     ),
+    "scripts_reloaded": (
+        "propagator_scripts_reloaded",
+        _COUNTER,
+        "Times the Redis history scripts were loaded again after a NOSCRIPT reply.",
+    ),
+    "history_duplicates": (
+        "history_duplicates_dropped",
+        _COUNTER,
+        "Messages the Redis sequencer dropped as already delivered.",
+    ),
+    "history_repaired": (
+        "history_repaired",
+        _COUNTER,
+        "Notifications read back from a Redis stream to fill a gap or catch up.",
+    ),
+    "history_gaps_lost": (
+        "history_gaps_lost",
+        _COUNTER,
+        "Notifications gone from a Redis stream before they could be read back.",
+    ),
+    "history_catch_ups": (
+        "history_catch_ups",
+        _COUNTER,
+        "Catch-ups of a key after Redis confirmed its subscription again.",
+    ),
+    "history_hold_overflows": (
+        "history_hold_overflows",
+        _COUNTER,
+        "Catch-ups abandoned because too much arrived meanwhile.",
+    ),
+    "history_read_failures": (
+        "history_read_failures",
+        _COUNTER,
+        "History reads to catch up that failed (retried).",
+    ),
+    "history_deliver_errors": (
+        "history_deliver_errors",
+        _COUNTER,
+        "Notifications read back from a Redis stream whose delivery raised.",
+    ),
     "history_streams": ("history_streams", _GAUGE, "Streams held in history."),
     "history_entries": ("history_entries", _GAUGE, "Notifications held in history."),
     "history_bytes": ("history_bytes", _GAUGE, "Bytes of the notifications held in history."),
