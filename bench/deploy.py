@@ -36,6 +36,23 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant(
+            "floor",
+            "bench.servers.floor",
+            dialect="raw",
+            publisher="raw",
+            description="the floor: websockets server + a Redis subscriber that is a plain "
+            "asyncio.Protocol feeding hiredis.Reader, per-user channels, payload bytes "
+            "forwarded untouched with websockets.broadcast, no auth",
+        ),
+        Variant(
+            "floor-jwt",
+            "bench.servers.floor",
+            ("--jwt",),
+            publisher="raw",
+            description="the floor, verifying a JWT (PyJWT, HS256) at connect as notifykit's "
+            "clients present it (Authorization header), answering with a welcome frame",
+        ),
+        Variant(
             "raw",
             "bench.servers.raw",
             dialect="raw",
@@ -55,8 +72,24 @@ VARIANTS: dict[str, Variant] = {
             "notifykit",
             "bench.servers.nk",
             needs_redis_propagator=True,
-            description="Hub(RedisPropagator(url)) + hub.asgi_app(JWTAuthenticator) under "
-            "uvicorn (uvloop, httptools, websockets-sansio), real JWTs",
+            description="Hub(RedisPropagator(url), presence=RedisPresence(url)) + "
+            "hub.asgi_app(JWTAuthenticator) under uvicorn (uvloop, httptools, "
+            "websockets-sansio), real JWTs: as `notifykit serve --redis-url` deploys it",
+        ),
+        Variant(
+            "nk-websockets",
+            "bench.servers.nk",
+            ("--ws", "websockets"),
+            needs_redis_propagator=True,
+            description="notifykit under uvicorn with ws=websockets (its legacy-API "
+            "implementation) instead of websockets-sansio",
+        ),
+        Variant(
+            "nk-wsproto",
+            "bench.servers.nk",
+            ("--ws", "wsproto"),
+            needs_redis_propagator=True,
+            description="notifykit under uvicorn with ws=wsproto instead of websockets-sansio",
         ),
         Variant(
             "single-channel",

@@ -1,7 +1,9 @@
-"""notifykit as an application would deploy it: ``Hub(RedisPropagator(url))`` and
-``hub.asgi_app(JWTAuthenticator(secret=...), api_key=...)`` under uvicorn.
+"""notifykit as ``notifykit serve --redis-url`` deploys it: ``Hub(RedisPropagator(url),
+presence=RedisPresence(url))`` and ``hub.asgi_app(JWTAuthenticator(secret=...), api_key=...)``
+under uvicorn.
 
-``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline).
+``--single-channel`` swaps in the bench-only single-channel propagator (the scaling baseline);
+``--ws`` picks uvicorn's websocket implementation (the serving-stack comparison).
 
     python -m bench.servers.nk --port 8001 --redis-url redis://127.0.0.1:6400/0
 """
@@ -9,11 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from notifykit import Hub, JWTAuthenticator, Propagator
 
 from ..common import API_KEY, PREFIX, SECRET
-from .uvicorn_runner import run
+from .uvicorn_runner import WS_IMPLEMENTATIONS, run
 
 
 def cli() -> None:
@@ -23,17 +26,19 @@ def cli() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", default=PREFIX)
     parser.add_argument("--single-channel", action="store_true")
+    parser.add_argument("--ws", default="websockets-sansio", choices=WS_IMPLEMENTATIONS)
     args = parser.parse_args()
 
-    from notifykit.redis import RedisPropagator
+    from notifykit.redis import RedisPresence, RedisPropagator
 
     propagator: Propagator = RedisPropagator(args.redis_url, prefix=args.prefix)
     if args.single_channel:
         from ..single_channel import SingleChannelPropagator
 
         propagator = SingleChannelPropagator(propagator)
-    hub = Hub(propagator)
-    run(hub.asgi_app(JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
+    presence = RedisPresence(args.redis_url, prefix=args.prefix, instance_id=f"bench-{os.getpid()}")
+    hub = Hub(propagator, presence=presence)
+    run(hub.asgi_app(JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port, ws=args.ws)
 
 
 if __name__ == "__main__":
