@@ -278,6 +278,7 @@ class Deployment:
         clients: int = 2,
         publisher: bool = True,
         prefix: str = "bench",
+        client_sources: list[str] | None = None,
     ) -> None:
         self.variant = variant
         self.redis_url = redis_url
@@ -286,8 +287,13 @@ class Deployment:
             ServerProcess(variant, redis_url, prefix, logs / f"{variant.name}-server{i}.log")
             for i in range(instances)
         ]
+        sources = client_sources or []
         self.clients = [
-            Worker("bench.loadgen", [], logs / f"{variant.name}-clients{i}.log")
+            Worker(
+                "bench.loadgen",
+                ["--source", sources[i]] if i < len(sources) else [],
+                logs / f"{variant.name}-clients{i}.log",
+            )
             for i in range(clients)
         ]
         self.publisher = (
@@ -330,9 +336,15 @@ class Deployment:
 
     # --- connections ----------------------------------------------------------------------
 
-    async def connect(self, conns: list[Conn]) -> dict[str, Any]:
-        """Open ``conns`` (added to those already open), spread over the client processes."""
-        concurrency = self.variant.connect_concurrency
+    async def connect(
+        self, conns: list[Conn], concurrency: int | None = None, within: float = 30.0
+    ) -> dict[str, Any]:
+        """Open ``conns`` (added to those already open), spread over the client processes,
+        at most ``concurrency`` at a time per process (default: the variant's; 0: all at
+        once). ``span_seconds`` is from the first attempt in any process to the last
+        connection welcomed in any."""
+        if concurrency is None or self.variant.connect_concurrency == 1:
+            concurrency = self.variant.connect_concurrency
         start = len(self.conns)
         share: list[list[list[Any]]] = [[] for _ in self.clients]
         for offset, conn in enumerate(conns):
@@ -341,10 +353,11 @@ class Deployment:
         calls = [
             client.call(
                 "connect",
-                within=180,
+                within=max(180, 3 * within),
                 dialect=self.variant.dialect,
                 conns=part,
                 concurrency=concurrency,
+                per_connection=within,
             )
             for client, part in zip(self.clients, share, strict=True)
             if part
@@ -360,6 +373,10 @@ class Deployment:
             "failures": sum(r["failures"] for r in results),
             "first_failures": [f for r in results for f in r["first_failures"]][:5],
             "seconds": max(r["seconds"] for r in results),
+            "span_seconds": (
+                max(r["finished_ns"] for r in results) - min(r["started_ns"] for r in results)
+            )
+            / 1e9,
         }
 
     def _in_client_order(self) -> list[list[Conn]]:

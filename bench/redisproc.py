@@ -79,6 +79,26 @@ class RedisServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
+    def command_calls(self) -> int:
+        """How many commands the server has run (``INFO commandstats``), ``INFO`` excluded."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"INFO commandstats\r\n")
+            data = b""
+            while b"\r\n" not in data or len(data) < int(data[1 : data.index(b"\r\n")]):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("redis-server closed the connection")
+                data += chunk
+            header, _, body = data.partition(b"\r\n")
+            size = int(header[1:])
+        total = 0
+        for line in body[:size].decode().splitlines():
+            # cmdstat_subscribe:calls=12,usec=34,usec_per_call=2.83,...
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_") and name != "cmdstat_info":
+                total += int(stats.split(",", 1)[0].removeprefix("calls="))
+        return total
+
     def __enter__(self) -> RedisServer:
         self.start()
         return self
