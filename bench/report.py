@@ -47,7 +47,6 @@ def capacity_table(capacity: dict[str, Any], target: float | None = 1.2) -> str:
                 _f(data["kib_per_connection"], 1),
                 _f(data["broadcast_ms_to_last_delivery"], 0),
                 _ratio(ratio) + mark,
-                _f(data["broadcast_cpu_us_per_delivery"], 2),
                 str(data["broadcast_lost"]),
             ]
         )
@@ -64,7 +63,6 @@ def capacity_table(capacity: dict[str, Any], target: float | None = 1.2) -> str:
                 "RSS KiB / conn",
                 "broadcast → last delivery ms",
                 "ratio to floor-jwt",
-                "server CPU µs / delivery",
                 "lost",
             ],
             rows,
