@@ -1,4 +1,4 @@
-"""Run the benchmark: ``python -m bench.run [--quick] [--out bench/results/NAME.json]``.
+"""Run the benchmark: ``python -m bench.run [--quick] [--capacity] [--out FILE] [--chart PNG]``.
 
 For each variant (see :data:`bench.deploy.VARIANTS`) it starts K instances sharing a Redis it
 owns (every variant its own channel prefix), connects M websocket clients spread over them,
@@ -12,10 +12,14 @@ machine hits them alike; each figure is the median of the rounds):
 * bystanders: notifications only for users held by instance 0 — what the other instances
   and Redis pay for them (nothing, with per-user channels);
 * lost messages (every expected delivery is counted per connection; must be 0);
-* RSS per idle authenticated connection (N idle connections on one instance, fresh servers);
+* connects and idle memory: N connections to a fresh instance — server CPU and Redis commands
+  per connect, connect rate, RSS per idle authenticated connection;
 
-then the scaling curve (K = 1, 2, 4) for the plan's scaling variants. It prints tables
-(``python -m bench.report FILE`` prints them again as Markdown) and writes JSON.
+then the scaling curve (K = 1, 2, 4) for the plan's scaling variants, the reconnect storm
+(:mod:`bench.storm`) and, with ``--capacity``, a full process of connections
+(:mod:`bench.capacity`). Every figure is also given as a ratio to the floor of the same run
+(:mod:`bench.servers.floor`). It prints tables (``python -m bench.report FILE`` prints them
+again as Markdown), writes JSON and draws the chart (:mod:`bench.chart`).
 """
 
 from __future__ import annotations
@@ -456,6 +460,8 @@ def machine() -> dict[str, Any]:
         "python-engineio",
         "broadcaster",
         "anyio",
+        "wsproto",
+        "PyJWT",
     ):
         try:
             packages[name] = metadata.version(name)

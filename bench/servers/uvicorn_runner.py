@@ -4,6 +4,7 @@ log."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -31,4 +32,5 @@ def run(app: Any, port: int, ws: str = "websockets-sansio", backlog: int = 4096)
         access_log=False,
         backlog=backlog,
     )
-    uvicorn.Server(config).run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled
+        uvicorn.Server(config).run()
