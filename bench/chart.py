@@ -109,17 +109,35 @@ def draw(result: dict[str, Any], out: Path) -> None:
                 if label:
                     text = f" {label[0]}{text}"
                 clipped = value > cap
-                ax.text(
-                    bar.get_width(),
-                    bar.get_y() + bar.get_height() / 2,
-                    f"{text.strip()} \u00bb " if clipped else text,
+                ax.annotate(
+                    f"{text.strip()} \u00bb" if clipped else text.strip(),
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(-4 if clipped else 4, 0),
+                    textcoords="offset points",
                     va="center",
                     ha="right" if clipped else "left",
                     fontsize=7.5,
                     color="white" if clipped else "#222222",
                     fontweight="bold" if clipped else "normal",
+                    bbox=None
+                    if clipped
+                    else {"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.9},
                 )
             top = max([top, *(min(v, cap) for v in values if v == v)])
+        floor_value = bases[0]
+        if len(series) == 1 and floor_value == floor_value:  # a line at the floor's value
+            ax.axvline(
+                floor_value, color="#555555", linestyle=(0, (3, 3)), linewidth=0.9, zorder=0.5
+            )
+            ax.text(
+                floor_value,
+                -0.75,
+                f" {base_name}",
+                fontsize=7.5,
+                color="#555555",
+                ha="left",
+                va="bottom",
+            )
         ax.set_title(title, fontsize=11, loc="left", fontweight="bold")
         ax.set_xlim(0, top * 1.45 if top else 1)
         ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
