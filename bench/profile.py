@@ -72,7 +72,13 @@ def summarize(collapsed: Path, top: int) -> str:
         own[frames[-1]] += samples
         for frame in set(frames):
             inclusive[frame] += samples
-    lines = [f"{total} samples", "", "self:"]
+    by_function: collections.Counter[str] = collections.Counter()
+    for name, n in own.items():  # "f (path/file.py:12)" -> "f (path/file.py)"
+        function, _, where = name.partition(" (")
+        by_function[f"{function} ({where.rsplit(':', 1)[0]})" if where else name] += n
+    lines = [f"{total} samples", "", "self, by function:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_function.most_common(top)]
+    lines += ["", "self, by line:"]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     lines += ["", "inclusive:"]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
@@ -115,6 +121,7 @@ async def main_async(args: argparse.Namespace, py_spy: str) -> None:
                 "--output",
                 str(out),
                 "--nonblocking",
+                *(["--native"] if args.native else []),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
@@ -136,7 +143,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--native", action="store_true", help="C frames too (the GC, the kernel's send)"
+    )
+    parser.add_argument("--summarize", type=Path, help="only print the summary of stacks kept")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize, args.top))
+        return
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         sys.exit("py-spy is not installed: pip install py-spy")

@@ -46,7 +46,7 @@ from .capacity import DEFAULT_VARIANTS as DEFAULT_CAPACITY_VARIANTS
 from .capacity import capacity, default_connections
 from .common import SECRET, cpu_ns, median
 from .deploy import VARIANTS, Conn, Deployment, Round, Variant, spread
-from .redisproc import RedisServer
+from .redisproc import RedisServer, command_delta
 from .report import render
 from .storm import storm
 
@@ -338,11 +338,11 @@ class Bench:
             before = d.server_rss_kib()[0]
             pid = d.servers[0].pid
             cpu0 = cpu_ns(pid)
-            commands0 = self.redis.command_calls()
+            commands0 = self.redis.command_stats()
             idle = [Conn(i, u, 0, self.tokens[u]) for i, u in enumerate(self.idle_users[20:])]
             info = await self.connect(d, idle)
             cpu = cpu_ns(pid) - cpu0
-            commands = self.redis.command_calls() - commands0
+            by_name = command_delta(commands0, self.redis.command_stats())
             await asyncio.sleep(2.0)
             after = d.server_rss_kib()[0]
         ready = max(1, info["ready"])
@@ -353,7 +353,10 @@ class Bench:
             "connect_seconds": round(info["span_seconds"], 3),
             "connects_per_s": round(ready / max(info["span_seconds"], 1e-9), 1),
             "cpu_us_per_connect": round(cpu / ready / 1e3, 1),
-            "redis_commands_per_connect": round(commands / ready, 3),
+            "redis_commands_per_connect": round(sum(by_name.values()) / ready, 3),
+            "redis_commands_per_connect_by_name": {
+                name: round(count / ready, 3) for name, count in by_name.items()
+            },
             "rss_before_kib": before,
             "rss_after_kib": after,
             "kib_per_connection": round((after - before) / ready, 3),

@@ -28,7 +28,7 @@ from notifykit import mint_token
 
 from .common import SECRET, cpu_ns, median
 from .deploy import Conn, Deployment, Variant
-from .redisproc import RedisServer
+from .redisproc import RedisServer, command_delta
 
 SOURCES = [f"127.0.0.{2 + i}" for i in range(16)]
 """Local addresses the client processes connect from, one each (their own ephemeral ports)."""
@@ -67,10 +67,10 @@ async def storm_round(
         await asyncio.sleep(0.5)  # let the server settle after start-up
         pid = d.servers[0].pid
         cpu0 = cpu_ns(pid)
-        commands0 = redis.command_calls()
+        commands0 = redis.command_stats()
         info = await d.connect(conns, concurrency=0, within=within)
         cpu = cpu_ns(pid) - cpu0
-        commands = redis.command_calls() - commands0
+        by_name = command_delta(commands0, redis.command_stats())
     ready = max(1, info["ready"])
     return {
         "connections": len(conns),
@@ -82,7 +82,10 @@ async def storm_round(
         if info["span_seconds"] > 0
         else float("nan"),
         "cpu_us_per_connect": round(cpu / ready / 1e3, 1),
-        "redis_commands_per_connect": round(commands / ready, 3),
+        "redis_commands_per_connect": round(sum(by_name.values()) / ready, 3),
+        "redis_commands_per_connect_by_name": {
+            name: round(count / ready, 3) for name, count in by_name.items()
+        },
     }
 
 
