@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .common import median, rss_kib
-from .deploy import VARIANTS, Conn, Deployment, Variant
+from .deploy import VARIANTS, Conn, Variant, parse_variants
 from .redisproc import RedisServer
-from .storm import SOURCES, storm_tokens
+from .storm import one_instance, storm_tokens
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,17 +57,8 @@ async def capacity_one(
     users = list(tokens)
     warm = [Conn(i, u, 0, tokens[u]) for i, u in enumerate(users[:20])]
     rest = [Conn(i, u, 0, tokens[u]) for i, u in enumerate(users[20:], start=20)]
-    d = Deployment(
-        variant,
-        redis.url,
-        redis.pid,
-        1,
-        logs,
-        clients=clients,
-        prefix=f"capacity-{variant.name}",
-        client_sources=SOURCES[:clients],
-    )
-    async with d:
+    prefix = f"capacity-{variant.name}"
+    async with one_instance(redis, variant, clients, logs, prefix, publisher=True) as d:
         await d.connect(warm, within=within)
         await asyncio.sleep(1.0)
         pid = d.servers[0].pid
@@ -98,9 +89,7 @@ async def capacity_one(
         "failures": info["failures"],
         "first_failures": info["first_failures"],
         "connect_seconds": round(info["span_seconds"], 3),
-        "connects_per_s": round(info["ready"] / info["span_seconds"], 1)
-        if info["span_seconds"] > 0
-        else float("nan"),
+        "connects_per_s": info["connects_per_s"],
         "rss_kib": after,
         "rss_before_kib": before,
         "kib_per_connection": round((after - before) / ready, 3),
@@ -157,10 +146,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--out", type=Path, help="JSON (default bench/results/capacity-<time>)")
     args = parser.parse_args()
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants: {unknown}")
+    names = parse_variants(parser, args.variants)
     connections = args.connections or (5_000 if args.quick else default_connections())
     broadcasts = args.broadcasts or (1 if args.quick else 3)
     out = args.out or HERE / "results" / f"capacity-{time.strftime('%Y%m%d-%H%M%S')}.json"

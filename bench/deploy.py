@@ -4,6 +4,7 @@ measurement of one round (what was published, what arrived, and the CPU it cost)
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
@@ -122,6 +123,15 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
+
+
+def parse_variants(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated variant names of ``text`` (``parser.error`` for an unknown one)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants: {unknown}")
+    return names
 
 
 @dataclass
@@ -342,7 +352,7 @@ class Deployment:
         """Open ``conns`` (added to those already open), spread over the client processes,
         at most ``concurrency`` at a time per process (default: the variant's; 0: all at
         once). ``span_seconds`` is from the first attempt in any process to the last
-        connection welcomed in any."""
+        connection welcomed in any; ``connects_per_s`` is ready connections over it."""
         if concurrency is None or self.variant.connect_concurrency == 1:
             concurrency = self.variant.connect_concurrency
         start = len(self.conns)
@@ -368,15 +378,16 @@ class Deployment:
             results = await asyncio.gather(*calls)
         self.conns.extend(conns)
         self.users = list(dict.fromkeys(c.user for c in self.conns))
+        ready = sum(r["ready"] for r in results)
+        first_ns = min(r["started_ns"] for r in results)
+        span = (max(r["finished_ns"] for r in results) - first_ns) / 1e9
         return {
-            "ready": sum(r["ready"] for r in results),
+            "ready": ready,
             "failures": sum(r["failures"] for r in results),
             "first_failures": [f for r in results for f in r["first_failures"]][:5],
             "seconds": max(r["seconds"] for r in results),
-            "span_seconds": (
-                max(r["finished_ns"] for r in results) - min(r["started_ns"] for r in results)
-            )
-            / 1e9,
+            "span_seconds": span,
+            "connects_per_s": round(ready / span, 1) if span > 0 else float("nan"),
         }
 
     def _in_client_order(self) -> list[list[Conn]]:

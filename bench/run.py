@@ -45,10 +45,10 @@ from notifykit import mint_token
 from .capacity import DEFAULT_VARIANTS as DEFAULT_CAPACITY_VARIANTS
 from .capacity import capacity, default_connections
 from .common import SECRET, cpu_ns, median
-from .deploy import VARIANTS, Conn, Deployment, Round, Variant, spread
+from .deploy import VARIANTS, Conn, Deployment, Round, Variant, parse_variants, spread
 from .redisproc import RedisServer, command_delta
 from .report import render
-from .storm import storm
+from .storm import connect_figures, storm
 
 HERE = Path(__file__).resolve().parent
 
@@ -348,15 +348,8 @@ class Bench:
         ready = max(1, info["ready"])
         return {
             "connections": n,
-            "ready": info["ready"],
-            "failures": info["failures"],
             "connect_seconds": round(info["span_seconds"], 3),
-            "connects_per_s": round(ready / max(info["span_seconds"], 1e-9), 1),
-            "cpu_us_per_connect": round(cpu / ready / 1e3, 1),
-            "redis_commands_per_connect": round(sum(by_name.values()) / ready, 3),
-            "redis_commands_per_connect_by_name": {
-                name: round(count / ready, 3) for name, count in by_name.items()
-            },
+            **connect_figures(info, cpu, by_name),
             "rss_before_kib": before,
             "rss_after_kib": after,
             "kib_per_connection": round((after - before) / ready, 3),
@@ -581,10 +574,7 @@ def main() -> None:
     parser.add_argument("--chart", type=Path, help="PNG chart (default: next to the JSON)")
     parser.add_argument("--rounds", type=int, help="override the plan's rounds per figure")
     args = parser.parse_args()
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants: {unknown}")
+    names = parse_variants(parser, args.variants)
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = replace(

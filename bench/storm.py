@@ -41,6 +41,29 @@ def storm_tokens(n: int, prefix: str = "storm") -> dict[str, str]:
     }
 
 
+def one_instance(
+    redis: RedisServer,
+    variant: Variant,
+    clients: int,
+    logs: Path,
+    prefix: str,
+    publisher: bool = False,
+) -> Deployment:
+    """One instance of ``variant`` and ``clients`` load generators, each connecting from its
+    own address (:data:`SOURCES`)."""
+    return Deployment(
+        variant,
+        redis.url,
+        redis.pid,
+        1,
+        logs,
+        clients=clients,
+        publisher=publisher,
+        prefix=prefix,
+        client_sources=SOURCES[:clients],
+    )
+
+
 async def storm_round(
     redis: RedisServer,
     variant: Variant,
@@ -52,18 +75,7 @@ async def storm_round(
 ) -> dict[str, Any]:
     """One storm on a fresh instance of ``variant``."""
     conns = [Conn(i, user, 0, token) for i, (user, token) in enumerate(tokens.items())]
-    d = Deployment(
-        variant,
-        redis.url,
-        redis.pid,
-        1,
-        logs,
-        clients=clients,
-        publisher=False,
-        prefix=prefix,
-        client_sources=SOURCES[:clients],
-    )
-    async with d:
+    async with one_instance(redis, variant, clients, logs, prefix) as d:
         await asyncio.sleep(0.5)  # let the server settle after start-up
         pid = d.servers[0].pid
         cpu0 = cpu_ns(pid)
@@ -71,20 +83,26 @@ async def storm_round(
         info = await d.connect(conns, concurrency=0, within=within)
         cpu = cpu_ns(pid) - cpu0
         by_name = command_delta(commands0, redis.command_stats())
-    ready = max(1, info["ready"])
     return {
         "connections": len(conns),
+        "seconds_to_all_welcomed": round(info["span_seconds"], 3),
+        **connect_figures(info, cpu, by_name),
+    }
+
+
+def connect_figures(info: dict[str, Any], cpu: int, commands: dict[str, int]) -> dict[str, Any]:
+    """What connecting cost: ``info`` from :meth:`Deployment.connect`, the server's CPU over
+    it, and the Redis commands run meanwhile (:func:`~bench.redisproc.command_delta`)."""
+    ready = max(1, info["ready"])
+    return {
         "ready": info["ready"],
         "failures": info["failures"],
         "first_failures": info["first_failures"],
-        "seconds_to_all_welcomed": round(info["span_seconds"], 3),
-        "connects_per_s": round(info["ready"] / info["span_seconds"], 1)
-        if info["span_seconds"] > 0
-        else float("nan"),
+        "connects_per_s": info["connects_per_s"],
         "cpu_us_per_connect": round(cpu / ready / 1e3, 1),
-        "redis_commands_per_connect": round(sum(by_name.values()) / ready, 3),
+        "redis_commands_per_connect": round(sum(commands.values()) / ready, 3),
         "redis_commands_per_connect_by_name": {
-            name: round(count / ready, 3) for name, count in by_name.items()
+            name: round(count / ready, 3) for name, count in commands.items()
         },
     }
 
