@@ -104,7 +104,7 @@ FULL = Plan(
     storm_variants=("floor-jwt", "notifykit"),
     capacity_connections=default_connections(),
     capacity_clients=4,
-    capacity_broadcasts=3,
+    capacity_broadcasts=5,
     capacity_variants=DEFAULT_CAPACITY_VARIANTS,
 )
 
