@@ -33,7 +33,7 @@ from .storm import one_instance, storm_tokens
 
 HERE = Path(__file__).resolve().parent
 
-DEFAULT_VARIANTS = ("floor-jwt", "notifykit")
+DEFAULT_VARIANTS = ("floor-jwt", "notifykit", "notifykit-websockets")
 
 
 def default_connections() -> int:

@@ -21,7 +21,13 @@ from matplotlib.patches import Patch
 
 FLOORS = ("floor", "floor-jwt")
 DIAGNOSTIC = ("raw", "asgi", "single-channel")
-NOTIFYKIT = ("notifykit", "nk-websockets", "nk-wsproto")
+NOTIFYKIT = (
+    "notifykit",
+    "notifykit-websockets",
+    "notifykit-channels",
+    "nk-uvicorn-websockets",
+    "nk-uvicorn-wsproto",
+)
 COLORS = {
     "floor": "#8c8c8c",
     "diagnostic": "#c7c7c7",
@@ -45,8 +51,10 @@ def _color(name: str) -> str:
 
 def _label(name: str) -> str:
     return {
-        "nk-websockets": "notifykit, ws=websockets",
-        "nk-wsproto": "notifykit, ws=wsproto",
+        "notifykit-websockets": "notifykit, websockets adapter",
+        "notifykit-channels": "notifykit, Django Channels",
+        "nk-uvicorn-websockets": "notifykit, uvicorn ws=websockets",
+        "nk-uvicorn-wsproto": "notifykit, uvicorn ws=wsproto",
         "socketio": "python-socketio",
     }.get(name, name)
 

@@ -74,11 +74,11 @@ VARIANTS: dict[str, Variant] = {
             "bench.servers.nk",
             needs_redis_propagator=True,
             description="Hub(RedisPropagator(url), presence=RedisPresence(url)) + "
-            "hub.asgi_app(JWTAuthenticator) under uvicorn (uvloop, httptools, "
+            "NotifyApp(hub, JWTAuthenticator) under uvicorn (uvloop, httptools, "
             "websockets-sansio), real JWTs: as `notifykit serve --redis-url` deploys it",
         ),
         Variant(
-            "nk-websockets",
+            "nk-uvicorn-websockets",
             "bench.servers.nk",
             ("--ws", "websockets"),
             needs_redis_propagator=True,
@@ -86,11 +86,28 @@ VARIANTS: dict[str, Variant] = {
             "implementation) instead of websockets-sansio",
         ),
         Variant(
-            "nk-wsproto",
+            "nk-uvicorn-wsproto",
             "bench.servers.nk",
             ("--ws", "wsproto"),
             needs_redis_propagator=True,
             description="notifykit under uvicorn with ws=wsproto instead of websockets-sansio",
+        ),
+        Variant(
+            "notifykit-websockets",
+            "bench.servers.nk",
+            ("--adapter", "websockets"),
+            needs_redis_propagator=True,
+            description="the same hub and JWTs on notifykit.adapters.websockets.serve (a "
+            "plain websockets server with uvloop, raw's serving stack) instead of uvicorn",
+        ),
+        Variant(
+            "notifykit-channels",
+            "bench.servers.nk",
+            ("--adapter", "channels"),
+            needs_redis_propagator=True,
+            description="the same hub and JWTs as a Django Channels app (ProtocolTypeRouter, "
+            "AuthMiddlewareStack, NotifyConsumer, ChannelsUserAuthenticator with JWT "
+            "fallback) under the same uvicorn stack",
         ),
         Variant(
             "single-channel",

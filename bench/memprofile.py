@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from notifykit import Hub, JWTAuthenticator, mint_token
+from notifykit.adapters.asgi import NotifyApp
 
 from .common import API_KEY, SECRET, free_port, rss_kib
 from .redisproc import RedisServer
@@ -32,7 +33,7 @@ async def serve_notifykit(redis_url: str, port: int) -> tuple[Any, asyncio.Task[
     from notifykit.redis import RedisPropagator
 
     hub = Hub(RedisPropagator(redis_url, prefix="mem"))
-    app = hub.asgi_app(JWTAuthenticator(secret=SECRET), api_key=API_KEY)
+    app = NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

@@ -25,7 +25,8 @@ from typing import Any
 
 import anyio
 
-from notifykit import Connection, Hub, Principal
+from notifykit import Hub, Principal
+from notifykit.connection import Connection
 from notifykit.envelope import Envelope, IdGenerator, pack
 from notifykit.model import ToUsers
 
@@ -100,16 +101,20 @@ async def deliver_fanout(sizes: list[int], repeat: int) -> dict[str, Any]:
 
 
 class _NullTransport:
-    """A transport whose ``send`` completes at once; counts frames and signals a target."""
+    """A transport that takes every frame at once; counts frames and signals a target."""
 
     def __init__(self, sink: _Sink) -> None:
         self.sink = sink
 
-    async def send(self, text: str) -> None:
+    def send_now(self, text: str) -> bool:
         sink = self.sink
         sink.sent += 1
         if sink.sent >= sink.target:
             sink.done.set()
+        return True
+
+    async def send(self, text: str) -> None:
+        self.send_now(text)
 
 
 class _Sink:

@@ -1,71 +1,47 @@
 """One registered websocket connection, as the hub sees it: who, which keys, and its outbound path.
 
-Frames are *offered* to a connection and never waited for. An idle connection sends an offered
-frame at once, inline: the transport's ``send`` runs one step right there, and for a socket
-that is not flow-controlled that step is the whole send — no queue, no task switch. Only when a
-send has to wait (the client reads slowly) does a writer task take over, and frames offered
-meanwhile queue behind it, in order. The queue is bounded: a connection whose queue is full has
-fallen too far behind and is closed with ``4008 slow consumer`` rather than slowing everyone
+Frames are *offered* to a connection and never waited for. An idle connection hands an offered
+frame straight to its transport (:meth:`~notifykit.protocols.Transport.send_now`): for a socket
+that keeps up, that is the whole send — no queue, no task switch. When the transport cannot
+take a frame without waiting (the client reads slowly), the frame is queued and a writer task
+sends the queue in order, awaiting the transport as long as it must; frames offered meanwhile
+queue behind it. The queue is bounded in frames and in bytes: a connection whose queue is full
+has fallen too far behind and is closed with ``4008 slow consumer`` rather than slowing everyone
 else down or growing without bound.
+
+The writer task is the only task that ever awaits the transport's ``send``, and it starts only
+while frames wait; every coroutine is awaited by the task that created it, on any anyio backend.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from types import CoroutineType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import anyio
 
 from .wire import CloseCode
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Generator
-
-    import anyio
     from anyio.abc import TaskGroup
 
     from .model import Principal
     from .protocols import Transport
 
-__all__ = ["Connection"]
+__all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_SIZE", "Connection"]
 
 logger = logging.getLogger("notifykit.connection")
 
+DEFAULT_QUEUE_SIZE = 256
+"""Frames a connection may have queued before it is closed as a slow consumer (4008)."""
+DEFAULT_QUEUE_BYTES = 1024 * 1024
+"""Bytes (UTF-8) a connection may have queued before it is closed as a slow consumer (4008)."""
 
-async def _awaiting(awaitable: Awaitable[None]) -> None:
-    await awaitable
 
-
-class _Started:
-    """A send that ran its first step inline and then had to wait: awaiting it finishes it."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        # Re-yield what the coroutine yielded to the event loop, from the writer task, and
-        # pass the loop's answers (or exceptions, e.g. cancellation) back into it.
-        coro, value = self._coro, self._yielded
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-                continue
-            try:
-                value = coro.send(sent)
-            except StopIteration:
-                return
-
-    def close(self) -> None:
-        """Abandon the send (the connection is being torn down)."""
-        self._coro.close()
+def _size(frame: str) -> int:
+    """The frame's size in UTF-8 bytes (``isascii`` is O(1) in CPython: a flag on the str)."""
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
 
 class Connection:
@@ -73,18 +49,21 @@ class Connection:
 
     ``keys`` is the set of routing keys it is registered under; ``topics`` the topics it
     subscribed to. Frames offered before :meth:`start_sending` wait in the queue (the gateway
-    queues the welcome frame that way, so it is always first).
+    queues the welcome frame that way, so it is always first). ``queue_size`` and
+    ``queue_bytes`` bound what may wait to be sent; beyond either, the connection is closed
+    with 4008.
     """
 
     __slots__ = (
         "_direct",
+        "_max_bytes",
+        "_max_frames",
         "_queue",
-        "_queue_size",
+        "_queued_bytes",
         "_scope",
-        "_send",
         "_tasks",
         "_transport",
-        "_writing",
+        "_writer_done",
         "close_code",
         "close_reason",
         "id",
@@ -93,20 +72,27 @@ class Connection:
         "topics",
     )
 
-    def __init__(self, principal: Principal, *, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        principal: Principal,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    ) -> None:
         self.id = secrets.token_urlsafe(12)
         self.principal = principal
         self.keys: set[str] = set()
         self.topics: set[str] = set()
         # A list, not a deque: it is usually empty, and an empty deque costs ~600 bytes more
         # per connection; at most queue_size items, so pop(0) stays cheap.
-        self._queue: list[str | _Started] = []
-        self._queue_size = queue_size
+        self._queue: list[str] = []
+        self._queued_bytes = 0
+        self._max_frames = queue_size
+        self._max_bytes = queue_bytes
         self._transport: Transport | None = None
-        self._send: Callable[[str], Awaitable[None]] | None = None
         self._tasks: TaskGroup | None = None
-        self._writing = False
-        self._direct = False  # send inline: sending, not writing, nothing queued, not closing
+        self._writer_done: anyio.Event | None = None  # set while a writer task runs
+        self._direct = False  # hand frames straight over: sending, no writer, nothing queued
         self._scope: anyio.CancelScope | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -116,19 +102,22 @@ class Connection:
         """The connection's user, or None if anonymous."""
         return self.principal.user_id
 
-    def offer(self, frame: str) -> None:
-        """Send ``frame`` now if the connection is idle, else queue it; never waits.
+    # --- offering frames ------------------------------------------------------------------
 
-        A full queue closes the connection with 4008.
-        """
-        if self._direct:  # the hot path: sending, idle, not closing
-            coro = self._send(frame)  # type: ignore[misc]
-            if type(coro) is not CoroutineType:  # an awaitable that is not a coroutine
-                coro = _awaiting(coro)
+    @property
+    def queue_size(self) -> int:
+        """Frames that may wait to be sent before the connection is a slow consumer."""
+        return self._max_frames
+
+    def offer(self, frame: str, *, bounded: bool = True) -> None:
+        """Send ``frame`` now if the transport takes it without waiting, else queue it; never
+        waits and never raises. A full queue closes the connection with 4008 — unless
+        ``bounded`` is False: a catch-up (welcome, replay) is bounded by the history kept,
+        not by the queue."""
+        if self._direct:  # the hot path
             try:
-                yielded = coro.send(None)
-            except StopIteration:
-                return  # sent
+                if self._transport.send_now(frame):  # type: ignore[union-attr]
+                    return
             except OSError:  # TransportClosed, or the server's own (uvicorn's ClientDisconnected)
                 self._gone()
                 return
@@ -136,67 +125,99 @@ class Connection:
                 logger.exception("sending to connection %s failed", self.id)
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
-            # The send has to wait: a writer task finishes it, and later frames queue behind.
-            self._direct = False
-            self._queue.append(_Started(coro, yielded))
-            self._wake_writer()
-            return
-        queue = self._queue
+            self._direct = False  # the transport must wait: queue, and a writer takes over
         if self.close_code is not None:
-            # Closing: queue what the close will flush (never for a slow consumer).
-            if self.close_code != CloseCode.SLOW_CONSUMER and len(queue) < self._queue_size:
-                queue.append(frame)
+            # Closing: keep what the close will flush (nothing, for a slow consumer).
+            if self.close_code != CloseCode.SLOW_CONSUMER:
+                self._enqueue(frame)
             return
-        if len(queue) >= self._queue_size:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many frames queued")
+        if not self._enqueue(frame, bounded):
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too much queued")
             return
-        queue.append(frame)
         self._wake_writer()
 
+    def _enqueue(self, frame: str, bounded: bool = True) -> bool:
+        size = _size(frame)
+        if bounded and (
+            len(self._queue) >= self._max_frames or self._queued_bytes + size > self._max_bytes
+        ):
+            return False
+        self._queue.append(frame)
+        self._queued_bytes += size
+        return True
+
     def start_sending(self, transport: Transport, tasks: TaskGroup | None) -> None:
-        """Send through ``transport`` from now on, queued frames first; a writer task is started
-        in ``tasks`` whenever a send has to wait (without ``tasks``, ``transport.send`` must
-        never wait, as for the test inbox)."""
+        """Send through ``transport`` from now on, queued frames first.
+
+        A writer task is started in ``tasks`` whenever a frame has to wait; without ``tasks``
+        (the test inbox), ``transport.send_now`` must always take the frame.
+        """
         self._transport = transport
-        self._send = transport.send
         self._tasks = tasks
+        try:
+            self._hand_over_queued()
+        except OSError:
+            self._gone()
+            return
         self._wake_writer()
         self._update_direct()
+
+    def _hand_over_queued(self) -> None:
+        """Hand queued frames to the transport for as long as it takes them without waiting."""
+        queue, transport = self._queue, self._transport
+        while queue and transport is not None and transport.send_now(queue[0]):
+            self._queued_bytes -= _size(queue.pop(0))
 
     def _update_direct(self) -> None:
         self._direct = (
             self._transport is not None
-            and not self._writing
+            and self._writer_done is None
             and not self._queue
             and self.close_code is None
         )
 
     def _wake_writer(self) -> None:
-        if self._writing or not self._queue or self._tasks is None or self.close_code is not None:
+        if (
+            self._writer_done is not None
+            or not self._queue
+            or self._tasks is None
+            or self._transport is None
+            or self.close_code is not None
+        ):
             return
-        self._writing = True
+        self._writer_done = anyio.Event()
         self._direct = False
         self._tasks.start_soon(self._write, name=f"notifykit-writer-{self.id}")
 
     async def _write(self) -> None:
+        done = self._writer_done
         try:
-            await self.drain()
+            await self._send_queued()
         finally:
-            self._writing = False
+            self._writer_done = None
+            if done is not None:
+                done.set()
             self._update_direct()
 
-    async def drain(self) -> None:
-        """Send every queued frame, in order (used by the writer, and on close to flush)."""
-        queue, transport = self._queue, self._transport
+    async def _send_queued(self) -> None:
+        queue = self._queue
         try:
-            while queue and transport is not None:
-                item = queue.pop(0)
-                if isinstance(item, str):
-                    await transport.send(item)
-                else:
-                    await item
+            while queue and (transport := self._transport) is not None:
+                frame = queue.pop(0)
+                self._queued_bytes -= _size(frame)
+                if not transport.send_now(frame):
+                    await transport.send(frame)
         except OSError:  # TransportClosed, or the server's own
             self._gone()
+
+    async def flush(self) -> None:
+        """Wait until every frame offered so far is handed to the transport (a close sends
+        them before its close frame). Returns at once if the client is gone."""
+        while (done := self._writer_done) is not None:
+            await done.wait()
+        await self._send_queued()
+
+    # --- ending ---------------------------------------------------------------------------
 
     def _gone(self) -> None:
         """The client is gone: stop sending, and end the connection."""
@@ -207,13 +228,17 @@ class Connection:
             self._scope.cancel()
 
     def bind(self, scope: anyio.CancelScope) -> None:
-        """Attach the cancel scope :meth:`close` cancels (the gateway's per-connection scope)."""
+        """Attach the cancel scope :meth:`close` cancels (the gateway's reading scope)."""
         self._scope = scope
         if self.close_code is not None:
             scope.cancel()
 
     def close(self, code: int, reason: str) -> None:
-        """Ask for this connection to be closed with ``code``; the first request wins."""
+        """Ask for this connection to be closed with ``code``; the first request wins.
+
+        Frames offered before are still sent before the close frame, except for a slow
+        consumer (4008), whose queue is dropped at once.
+        """
         self._direct = False
         if self.close_code is None:
             self.close_code = code
@@ -224,16 +249,19 @@ class Connection:
             self._scope.cancel()
 
     def release(self) -> None:
-        """Drop whatever is still queued (after the connection is unregistered)."""
-        for item in self._queue:
-            if isinstance(item, _Started):
-                item.close()
-        self._queue.clear()  # in place: a running drain() sees it empty
+        """Drop whatever is still queued."""
+        self._queue.clear()  # in place: a running writer sees it empty
+        self._queued_bytes = 0
 
     @property
     def queued(self) -> int:
         """Frames waiting to be sent."""
         return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """UTF-8 bytes waiting to be sent."""
+        return self._queued_bytes
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.principal.user_id!r}>"

@@ -6,24 +6,28 @@ every connection then forwards those same bytes. The payload a propagator carrie
     <exclude connection id, or nothing> b"\\n" <notification frame, UTF-8 JSON>
 
 so a receiving instance finds whom to skip with one ``bytes.index`` and never parses the JSON.
+A propagator that keeps history appends the payload to the stream of each key it is published
+to, and delivers it *stamped* with its place there (:func:`stamp`)::
+
+    b"#" <offset> b" " <epoch> b"\\n" <payload>
+
+The receiving hub adds that place to the frame once per stream
+(:func:`~notifykit.wire.with_position`), still without parsing the JSON. Redis does the
+stamping in a Lua script, byte for byte as :func:`stamp` does.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidNotification
-from .model import Target, ToTopic, routing_keys
-from .wire import encode_notification
+from .model import Target, ToTopic, routing_keys, validate_connection_id, validate_event
+from .wire import Position, encode_notification
 
-__all__ = ["Envelope", "IdGenerator", "pack", "unpack"]
-
-_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
+__all__ = ["Envelope", "IdGenerator", "pack", "stamp", "unpack", "unstamp"]
 
 _BASE32HEX = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
 _PAIRS = tuple(a + b for a in _BASE32HEX for b in _BASE32HEX)
@@ -70,12 +74,9 @@ class Envelope:
     created_at: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.event, str) or not self.event or len(self.event) > 256:
-            raise InvalidNotification("event must be a non-empty string of at most 256 characters")
-        if self.exclude is not None and (
-            not isinstance(self.exclude, str) or _CONNECTION_ID.fullmatch(self.exclude) is None
-        ):
-            raise InvalidNotification("exclude must be a connection id (from the welcome frame)")
+        validate_event(self.event)
+        if self.exclude is not None:
+            validate_connection_id(self.exclude)
 
     def frame(self) -> str:
         """The ``notification`` frame clients receive, as JSON text."""
@@ -102,11 +103,28 @@ def pack(envelope: Envelope) -> bytes:
     return exclude + b"\n" + frame
 
 
-def unpack(payload: bytes) -> tuple[str | None, str]:
-    """Split a payload into ``(exclude connection id or None, frame text)``.
+def stamp(payload: bytes, position: Position) -> bytes:
+    """``payload`` as delivered from a stream's history: with its ``position`` in front."""
+    return b"#%d %s\n%s" % (position.offset, position.epoch.encode("ascii"), payload)
+
+
+def unstamp(payload: bytes) -> tuple[Position | None, bytes]:
+    """Split a payload into ``(its position, or None if not stamped; the payload as
+    published)``. Raises ``ValueError`` for a malformed stamp."""
+    if payload[:1] != b"#":
+        return None, payload
+    cut = payload.index(b"\n")
+    offset, _, epoch = payload[1:cut].partition(b" ")
+    return Position(epoch.decode("ascii"), int(offset)), payload[cut + 1 :]
+
+
+def unpack(payload: bytes) -> tuple[str | None, Position | None, str]:
+    """Split a (possibly stamped) payload into ``(exclude connection id or None, position or
+    None, frame text)``.
 
     Raises ``ValueError`` for a payload notifykit did not produce.
     """
+    position, payload = unstamp(payload)
     cut = payload.index(b"\n")
     frame = payload[cut + 1 :].decode("utf-8")
-    return (payload[:cut].decode("ascii") if cut else None), frame
+    return (payload[:cut].decode("ascii") if cut else None), position, frame

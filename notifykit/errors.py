@@ -5,12 +5,13 @@
     NotifyKitError
     ├── ProtocolError (ValueError)         a client frame that is not valid notifykit.v1
     ├── InvalidNotification (ValueError)   a notification that cannot be sent
+    ├── HistoryOff                         history was asked for, but none is kept
     ├── AuthenticationError                a token that does not prove who the client is
     │   └── TokenExpired                   ... because it has expired
-    ├── Forbidden                          an authenticated client asked for what it may not have
     ├── PropagationError (ConnectionError) the propagator could not carry a message
     ├── TransportClosed (ConnectionError)  the websocket went away while we were sending
-    └── ConfigurationError (ValueError)    settings that cannot work together
+    ├── NotRunning (RuntimeError)          the hub (or a backend) is not started, or stopped
+    └── ConfigurationError (ValueError)    settings or options that cannot work
 
 Foreign errors (redis-py, PyJWT, a framework's websocket errors) are translated into these at
 the boundary where they occur, so callers can catch by meaning: ``except PropagationError`` covers
@@ -22,8 +23,9 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
-    "Forbidden",
+    "HistoryOff",
     "InvalidNotification",
+    "NotRunning",
     "NotifyKitError",
     "PropagationError",
     "ProtocolError",
@@ -54,6 +56,10 @@ class InvalidNotification(NotifyKitError, ValueError):
     """A notification cannot be sent: an empty target, a bad topic name, data that is not JSON."""
 
 
+class HistoryOff(NotifyKitError):
+    """History was asked for, but the propagator keeps none (``history_size=0``)."""
+
+
 class AuthenticationError(NotifyKitError):
     """A token does not prove who the client is (missing, malformed, forged, wrong audience...).
 
@@ -65,10 +71,6 @@ class TokenExpired(AuthenticationError):
     """The token was valid once, but its ``exp`` has passed."""
 
 
-class Forbidden(NotifyKitError):
-    """An authenticated client asked for what it may not have (a topic, another user's token)."""
-
-
 class PropagationError(NotifyKitError, ConnectionError):
     """The propagator could not publish or subscribe (for Redis: the server is unreachable)."""
 
@@ -77,5 +79,13 @@ class TransportClosed(NotifyKitError, ConnectionError):
     """The websocket is gone: the client disconnected or the server already closed it."""
 
 
+class NotRunning(NotifyKitError, RuntimeError):
+    """The hub is not running (not entered yet, or closed): nothing can be sent or registered.
+
+    The HTTP API answers it with 503, like a :class:`PropagationError`.
+    """
+
+
 class ConfigurationError(NotifyKitError, ValueError):
-    """Settings that cannot work: no JWT key, an unknown algorithm, ``none`` as an algorithm..."""
+    """Settings that cannot work: no JWT key, an unknown algorithm, ``none`` as an algorithm,
+    a queue size below 1..."""

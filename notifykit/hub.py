@@ -5,25 +5,39 @@
     async with Hub() as hub:                       # in-memory propagation
         await hub.notify_user("42", "order.shipped", {"order": 7})
 
-The hub owns the :class:`~notifykit.protocols.SocketState` and the
-:class:`~notifykit.protocols.Propagator`. It keeps the propagator subscribed to exactly the
-routing keys that have a connection here, and hands every payload it receives to those
-connections — the same frame text to each, encoded once by the publisher.
+The hub owns the :class:`~notifykit.protocols.SocketState`, the
+:class:`~notifykit.protocols.Propagator` and the :class:`~notifykit.protocols.Presence`. It
+keeps the propagator subscribed to exactly the routing keys that have a connection here, and
+hands every payload it receives to those connections — the same frame text to each, encoded
+once by the publisher.
+
+A connection's life in the hub: :meth:`Hub.attach` registers it (and returns once a
+notification published afterwards is sure to reach it); :meth:`Hub.unregister` takes it out of
+routing at once, without any I/O, so its socket can be closed right away; :meth:`Hub.detach`
+then does the network bookkeeping (unsubscribing keys nobody here needs any more, presence),
+bounded in time, and never raises.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
 from .envelope import Envelope, IdGenerator, pack, unpack
-from .errors import PropagationError
-from .memory import MemoryPropagator, MemorySocketState
+from .errors import (
+    ConfigurationError,
+    HistoryOff,
+    InvalidNotification,
+    NotRunning,
+    PropagationError,
+)
+from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
 from .model import (
-    BROADCAST_KEY,
     Target,
     ToAuthenticated,
     ToEveryone,
@@ -34,18 +48,17 @@ from .model import (
     users,
     validate_topic,
 )
-from .presence import MemoryPresence
-from .wire import CloseCode
+from .recovery import Held, Registration, catch_up
+from .wire import CloseCode, Position, with_position
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping
     from types import TracebackType
 
     from .connection import Connection
-    from .protocols import Authenticator, Presence, Propagator, SocketState, TopicPolicy
-    from .service import NotifyApp
+    from .protocols import Presence, Propagator, Receiver, SocketState
 
-__all__ = ["Hub"]
+__all__ = ["HistoryPage", "Hub"]
 
 logger = logging.getLogger("notifykit.hub")
 
@@ -62,7 +75,33 @@ class _Pending:
     async def wait(self) -> None:
         await self.done.wait()
         if self.error is not None:
-            raise PropagationError(f"subscription failed: {self.error}") from self.error
+            reason = str(self.error) or type(self.error).__name__
+            raise PropagationError(f"subscription failed: {reason}") from self.error
+
+
+def _check_timeout(name: str, value: float, *, zero: bool = False) -> float:
+    if (
+        not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        bound = "0 or more" if zero else "above 0"
+        raise ConfigurationError(f"{name} must be a number of seconds {bound}, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Part of one stream's history: its ``stream`` name, ``epoch`` and ``last`` offset, the
+    first offset still retained (``first``), and ``notifications`` — frames (JSON text), in
+    offset order."""
+
+    stream: str
+    epoch: str
+    last: int
+    first: int
+    notifications: list[str]
 
 
 class Hub:
@@ -70,11 +109,14 @@ class Hub:
 
     ``propagator`` defaults to a :class:`~notifykit.memory.MemoryPropagator` (one process);
     pass a Redis propagator to scale out. ``presence`` defaults to a
-    :class:`~notifykit.presence.MemoryPresence`; pass a ``RedisPresence`` for cluster-wide
-    presence. ``subscribe_timeout`` bounds how long registering a
-    connection may wait for the propagator to confirm a subscription. Use it as an async
-    context manager: entering starts the propagator, leaving closes every connection with
-    ``1001 going away`` (waiting up to ``shutdown_timeout`` seconds) and stops it.
+    :class:`~notifykit.memory.MemoryPresence`; pass a ``RedisPresence`` for cluster-wide
+    presence. ``subscribe_timeout`` bounds how long registering a connection may wait for the
+    propagator to confirm a subscription (and to read history); ``cleanup_timeout`` bounds the
+    bookkeeping after a connection ends (unsubscribing, presence); ``replay_limit`` is the most
+    notifications replayed per stream to a resuming client (beyond, it is told
+    ``recovered: false`` and refetches). Use it as an async context manager: entering
+    starts the propagator, leaving closes every connection with ``1001 going away`` (waiting up
+    to ``shutdown_timeout`` seconds for them to go) and stops it.
     """
 
     def __init__(
@@ -84,28 +126,41 @@ class Hub:
         presence: Presence | None = None,
         socket_state: SocketState | None = None,
         subscribe_timeout: float = 10.0,
+        cleanup_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
+        replay_limit: int = 1000,
     ) -> None:
         self.propagator: Propagator = propagator if propagator is not None else MemoryPropagator()
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
         self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.metrics: Counter[str] = Counter()
         """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
-        self._subscribe_timeout = subscribe_timeout
-        self._shutdown_timeout = shutdown_timeout
+        self._subscribe_timeout = _check_timeout("subscribe_timeout", subscribe_timeout)
+        self._cleanup_timeout = _check_timeout("cleanup_timeout", cleanup_timeout)
+        self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
+        if not isinstance(replay_limit, int) or replay_limit < 1:
+            raise ConfigurationError(f"replay_limit must be at least 1, not {replay_limit!r}")
+        self._replay_limit = replay_limit
         self._ids = IdGenerator()
         self._pending: dict[str, _Pending] = {}
         self._running = False
+        self._closing = False
+        # Every connection between attach() and the end of its detach(): shutdown waits for
+        # them, so each has sent its close frame before the propagator stops.
+        self._live: set[Connection] = set()
         self._drained: anyio.Event | None = None
-        # The last payload unpacked: a publish to several keys hands the same payload object
-        # for each key (in-process), which is then decoded once, not once per key.
-        self._unpacked: tuple[bytes, str | None, str] = (b"", None, "")
+        # Connections joining a key's stream: what arrives live for them is held until their
+        # catch-up (notifykit.recovery) decides what they get.
+        self._joining: dict[str, dict[Receiver, Held]] = {}
+        # The last payload unpacked: a publish to several keys hands the same (unstamped)
+        # payload object for each key in-process, which is then decoded once, not per key.
+        self._unpacked: tuple[bytes, str | None, Position | None, str] = (b"", None, None, "")
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._running:
-            raise RuntimeError("this hub is already running")
+        if self._running or self._closing:
+            raise RuntimeError("a hub runs once: this one is already running or was closed")
         await self.propagator.start(self._deliver)
         try:
             await self.presence.start()
@@ -124,15 +179,16 @@ class Hub:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every connection with 1001, wait for them to go, stop the propagator."""
+        """Close every connection with 1001, wait (up to ``shutdown_timeout``) for them to
+        go, then stop presence and the propagator. Idempotent."""
         if not self._running:
             return
         self._running = False
+        self._closing = True
         with anyio.CancelScope(shield=True):
-            live = list(self.state.members(BROADCAST_KEY))
-            if live:
+            if self._live:
                 self._drained = anyio.Event()
-                for connection in live:
+                for connection in list(self._live):
                     connection.close(CloseCode.GOING_AWAY, "server shutting down")
                 with anyio.move_on_after(self._shutdown_timeout):
                     await self._drained.wait()
@@ -148,8 +204,12 @@ class Hub:
 
     @property
     def healthy(self) -> bool:
-        """False while the propagator cannot reach its backend."""
+        """False while the propagator or presence cannot reach its backend."""
         return self._running and self.propagator.healthy and self.presence.healthy
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise NotRunning("the hub is not running: use `async with hub:`")
 
     # --- sending --------------------------------------------------------------------------
 
@@ -159,11 +219,12 @@ class Hub:
         """Send one notification to ``target`` and return its id.
 
         ``exclude`` is a connection id (from the ``welcome`` frame) that will not receive it.
-        Raises :class:`~notifykit.errors.InvalidNotification` for a bad event or data that is
-        not JSON, and :class:`~notifykit.errors.PropagationError` if it could not be sent.
+        Raises :class:`~notifykit.errors.InvalidNotification` for a bad event, bad data (not
+        JSON, or nested deeper than :data:`~notifykit.wire.MAX_DATA_DEPTH`),
+        :class:`~notifykit.errors.PropagationError` if it could not be sent, and
+        :class:`~notifykit.errors.NotRunning` outside ``async with hub``.
         """
-        if not self._running:
-            raise RuntimeError("the hub is not running: use `async with hub:`")
+        self._check_running()
         envelope = Envelope(self._ids(), event, data, target, exclude)
         await self.propagator.publish(envelope.keys(), pack(envelope))
         self.metrics["notifications_published"] += 1
@@ -203,40 +264,70 @@ class Hub:
         members = self.state.members(key)
         if not members:
             return
-        last, exclude, frame = self._unpacked
+        last, exclude, position, frame = self._unpacked
         if payload is not last:
             try:
-                exclude, frame = unpack(payload)
+                exclude, position, frame = unpack(payload)
             except ValueError:
                 self.metrics["malformed_payloads"] += 1
                 logger.warning("skipped a malformed payload on key %r", key)
                 return
-            self._unpacked = (payload, exclude, frame)
-        if exclude is None:
+            if position is not None:  # a stamped payload belongs to this key alone
+                frame = with_position(frame, key, position)
+            self._unpacked = (payload, exclude, position, frame)
+        joining = self._joining.get(key) if self._joining else None
+        if exclude is None and joining is None:  # the hot path
             for connection in members:
                 connection.offer(frame)
             sent = len(members)
         else:
             sent = 0
             for connection in members:
-                if connection.id != exclude:
-                    connection.offer(frame)
-                    sent += 1
+                if connection.id == exclude:
+                    continue
+                if joining is not None and (held := joining.get(connection)) is not None:
+                    held.append((position, frame))
+                    if len(held) > held.limit:
+                        connection.close(CloseCode.SLOW_CONSUMER, "slow consumer: too much held")
+                    continue
+                connection.offer(frame)
+                sent += 1
         self.metrics["frames_delivered"] += sent
+
+    def _frame(self, key: str, payload: bytes) -> str | None:
+        """The frame of a stamped payload read from ``key``'s history (None if malformed)."""
+        try:
+            _, position, frame = unpack(payload)
+        except ValueError:
+            self.metrics["malformed_payloads"] += 1
+            return None
+        return frame if position is None else with_position(frame, key, position)
 
     # --- registration ---------------------------------------------------------------------
 
-    async def attach(self, connection: Connection) -> None:
-        """Register a connection under its principal's keys.
+    async def attach(
+        self,
+        connection: Connection,
+        *,
+        resume: Mapping[str, Position] | None = None,
+        greeting: Callable[[Registration], str] | None = None,
+    ) -> Registration:
+        """Register a connection under its principal's keys, and catch it up.
 
         Returns once the propagator confirmed every subscription the connection needs, so a
-        notification published after this returns reaches it. Raises
-        :class:`~notifykit.errors.PropagationError` if that could not be confirmed; the caller
-        must then :meth:`detach` it.
+        notification published after this returns reaches it. ``resume`` maps streams to the
+        client's positions: what it missed there is replayed (streams that are not its own are
+        ignored). Before any notification, the connection is offered ``greeting(...)`` (the
+        gateway's ``welcome``) with the positions and ``recovered`` found — see
+        :mod:`notifykit.recovery`. Raises :class:`~notifykit.errors.PropagationError` if
+        that could not be done (the connection is then unregistered again) and
+        :class:`~notifykit.errors.NotRunning` if the hub is not running. Either way, call
+        :meth:`detach` when the connection ends.
         """
-        if not self._running:
-            raise RuntimeError("the hub is not running: use `async with hub:`")
-        await self._join(connection, connection.principal.routing_keys())
+        self._check_running()
+        self._live.add(connection)
+        keys = connection.principal.routing_keys()
+        registration = await self._catch_up(connection, keys, resume, greeting)
         user_id = connection.principal.user_id
         if user_id is not None:
             try:
@@ -244,54 +335,165 @@ class Hub:
             except PropagationError as exc:
                 # Not fatal: delivery works, and the presence heartbeat registers it later.
                 logger.warning("presence could not record %s: %s", connection.id, exc)
+        return registration
+
+    async def _catch_up(
+        self,
+        connection: Connection,
+        keys: tuple[str, ...],
+        resume: Mapping[str, Position] | None,
+        greeting: Callable[[Registration], str] | None,
+    ) -> Registration:
+        """Join ``keys``, holding what arrives live, read their history, wait for the
+        propagator's barrier, then hand the connection its greeting, what it missed and what
+        was held — with no await in between, so nothing can slip in out of order."""
+        held: dict[str, Held] = {}
+        for key in keys:
+            held[key] = self._joining.setdefault(key, {}).setdefault(
+                connection, Held(connection.queue_size)
+            )
+        try:
+            try:
+                await self._join(connection, keys)
+                after = {
+                    key: (resume[key].offset if resume and key in resume else None) for key in keys
+                }
+                with anyio.fail_after(self._subscribe_timeout):
+                    streams = await self.propagator.read(after, self._replay_limit)
+                    if streams:
+                        await self.propagator.barrier(keys)
+            except (PropagationError, TimeoutError) as exc:
+                self._leave_keys(connection, keys)
+                if isinstance(exc, TimeoutError):
+                    raise PropagationError("reading history timed out") from exc
+                raise
+            registration = catch_up(keys, streams, resume, held, self._frame)
+            if greeting is not None:
+                connection.offer(greeting(registration), bounded=False)
+            for frame in registration.frames:
+                connection.offer(frame, bounded=False)
+        finally:
+            for key in keys:
+                joining = self._joining.get(key)
+                if joining is not None:
+                    joining.pop(connection, None)
+                    if not joining:
+                        del self._joining[key]
+        return registration
+
+    def unregister(self, connection: Connection) -> None:
+        """Take a connection out of routing at once (no I/O): nothing reaches it any more.
+
+        Keys it leaves empty stay in ``connection.keys`` for :meth:`detach` to unsubscribe.
+        Idempotent.
+        """
+        self._leave_keys(connection, list(connection.keys))
+        connection.topics.clear()
 
     async def detach(self, connection: Connection) -> None:
-        """Unregister a connection from every key; idempotent; never raises for the propagator."""
-        had_keys = bool(connection.keys)
-        await self._leave(connection, list(connection.keys))
-        connection.topics.clear()
-        user_id = connection.principal.user_id
-        if had_keys and user_id is not None:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.presence.disconnected(user_id, connection.id)
-                except PropagationError as exc:
-                    logger.warning("presence could not forget %s: %s", connection.id, exc)
-        if self._drained is not None and self.state.connection_count == 0:
-            self._drained.set()
+        """Unregister a connection (if :meth:`unregister` was not called yet), then unsubscribe
+        the keys nobody here needs any more and forget it in presence — bounded by
+        ``cleanup_timeout`` and skipped while the hub shuts down (stopping the propagator and
+        presence does it for every connection at once). Idempotent; never raises for the
+        propagator or presence."""
+        if connection not in self._live:
+            return
+        self.unregister(connection)
+        try:
+            if self._running:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._cleanup_timeout):
+                    await self._forget(connection)
+        finally:
+            connection.keys.clear()
+            self._live.discard(connection)
+            if self._drained is not None and not self._live:
+                self._drained.set()
 
-    async def subscribe(self, connection: Connection, topic: str) -> None:
-        """Add ``topic`` to a registered connection (authorization is the caller's job)."""
+    async def _forget(self, connection: Connection) -> None:
+        # Keys that another connection took again meanwhile stay subscribed.
+        gone = [key for key in connection.keys if not self.state.members(key)]
+        connection.keys.clear()
+        if gone:
+            try:
+                await self.propagator.unsubscribe(gone)
+            except PropagationError as exc:
+                # Harmless: payloads for keys with no connection are dropped on arrival.
+                logger.warning("unsubscribe from %d keys failed: %s", len(gone), exc)
+        user_id = connection.principal.user_id
+        if user_id is not None:
+            try:
+                await self.presence.disconnected(user_id, connection.id)
+            except PropagationError as exc:
+                logger.warning("presence could not forget %s: %s", connection.id, exc)
+
+    async def subscribe(
+        self,
+        connection: Connection,
+        topic: str,
+        *,
+        since: Position | None = None,
+        greeting: Callable[[Registration], str] | None = None,
+    ) -> Registration:
+        """Add ``topic`` to a registered connection (authorization is the caller's job), and
+        catch it up as :meth:`attach` does: ``greeting(...)`` (the gateway's ``subscribed``)
+        is offered first, then what was missed since ``since``.
+
+        Returns once notifications to the topic reach the connection. Raises
+        :class:`~notifykit.errors.InvalidNotification` for a bad topic name and
+        :class:`~notifykit.errors.PropagationError` if the subscription could not be
+        confirmed; the connection is then left as it was. Subscribing again to a topic the
+        connection has is a no-op (only the greeting is offered).
+        """
         validate_topic(topic)
+        key = topic_key(topic)
+        if topic in connection.topics:
+            registration = Registration()
+            if greeting is not None:
+                connection.offer(greeting(registration))
+            return registration
         connection.topics.add(topic)
-        await self._join(connection, (topic_key(topic),))
+        try:
+            return await self._catch_up(
+                connection, (key,), None if since is None else {key: since}, greeting
+            )
+        except PropagationError:
+            connection.topics.discard(topic)
+            await self._unsubscribe_orphans(connection, (key,))
+            raise
+
+    def _leave_keys(self, connection: Connection, keys: Iterable[str]) -> None:
+        """Undo a join that failed: the keys leave routing; keys left empty are unsubscribed
+        by :meth:`detach` (or, for a topic, at once by :meth:`unsubscribe`)."""
+        for key in keys:
+            if (
+                key in connection.keys
+                and connection in self.state.members(key)
+                and not self.state.remove(key, connection)
+            ):
+                connection.keys.discard(key)
 
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Remove ``topic`` from a connection; a no-op if it was not subscribed."""
         connection.topics.discard(topic)
-        await self._leave(connection, (topic_key(topic),))
+        key = topic_key(topic)
+        self._leave_keys(connection, (key,))
+        await self._unsubscribe_orphans(connection, (key,))
 
-    def local_connections(self, user_id: str) -> Collection[Connection]:
+    async def _unsubscribe_orphans(self, connection: Connection, keys: Iterable[str]) -> None:
+        """Unsubscribe those of ``keys`` that ``connection`` left empty, bounded in time."""
+        gone = [key for key in keys if key in connection.keys and not self.state.members(key)]
+        connection.keys.difference_update(keys)
+        if not gone:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._cleanup_timeout):
+            try:
+                await self.propagator.unsubscribe(gone)
+            except PropagationError as exc:
+                logger.warning("unsubscribe from %s failed: %s", gone, exc)
+
+    def local_connections(self, user_id: str) -> Collection[Receiver]:
         """This instance's connections of ``user_id``."""
         return self.state.members(user_key(user_id))
-
-    # --- presence (cluster-wide with a Redis presence) ------------------------------------
-
-    async def is_online(self, user_id: str) -> bool:
-        """True if ``user_id`` has a connection on any live instance."""
-        return await self.presence.is_online(user_id)
-
-    async def connections_of(self, user_id: str) -> list[str]:
-        """The connection ids of ``user_id`` on every live instance."""
-        return await self.presence.connections_of(user_id)
-
-    async def online_users(self, limit: int = 10_000) -> list[str]:
-        """Users online anywhere (at most ``limit``)."""
-        return await self.presence.online_users(limit)
-
-    async def online_count(self) -> int:
-        """How many users are online anywhere."""
-        return await self.presence.online_count()
 
     async def _join(self, connection: Connection, keys: Iterable[str]) -> None:
         new: list[str] = []
@@ -325,54 +527,44 @@ class Hub:
         for pending in waits:
             await pending.wait()
 
-    async def _leave(self, connection: Connection, keys: Iterable[str]) -> None:
-        gone = []
-        for key in keys:
-            if key in connection.keys:
-                connection.keys.discard(key)
-                if self.state.remove(key, connection):
-                    gone.append(key)
-        if gone:
-            with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.move_on_after(self._subscribe_timeout):
-                        await self.propagator.unsubscribe(gone)
-                except PropagationError as exc:
-                    # Harmless: payloads for keys with no connection are dropped on arrival.
-                    logger.warning("unsubscribe from %d keys failed: %s", len(gone), exc)
+    # --- history --------------------------------------------------------------------------
 
-    # --- serving --------------------------------------------------------------------------
+    async def history(self, stream: str, *, after: int = 0, limit: int = 100) -> HistoryPage:
+        """Up to ``limit`` notifications of ``stream`` (a routing key: ``user_key(...)``,
+        ``topic_key(...)``, ``"auth"``, ``"all"``) after offset ``after``, as frames.
 
-    def asgi_app(
-        self,
-        authenticator: Authenticator,
-        *,
-        api_key: str | Iterable[str] | None = None,
-        allowed_origins: Iterable[str] = (),
-        allow_anonymous: bool = False,
-        topic_policy: TopicPolicy | None = None,
-        max_publish_bytes: int = 1024 * 1024,
-        **gateway_options: Any,
-    ) -> NotifyApp:
-        """A mountable ASGI app serving this hub (needs the ``starlette`` extra).
-
-        Routes: ``/ws`` (websocket), ``POST /publish`` (with ``api_key``), ``/healthz``,
-        ``/readyz``, ``/metrics``. Remaining keyword arguments go to
-        :class:`~notifykit.gateway.Gateway` (``queue_size``, ``max_frame_bytes``...).
+        Raises :class:`~notifykit.errors.HistoryOff` when no history is kept,
+        :class:`~notifykit.errors.InvalidNotification` for a negative ``after`` or ``limit``,
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer.
         """
-        from .gateway import Gateway
-        from .service import NotifyApp
-
-        gateway = Gateway(
-            self,
-            authenticator,
-            topic_policy=topic_policy,
-            allow_anonymous=allow_anonymous,
-            allowed_origins=allowed_origins,
-            **gateway_options,
+        self._check_running()
+        if after < 0 or limit < 0:
+            raise InvalidNotification("after and limit must be 0 or more")
+        found = (await self.propagator.read({stream: after}, limit)).get(stream)
+        if found is None:
+            raise HistoryOff("history is off: no notification is kept")
+        frames = [self._frame(stream, payload) for _, payload in found.entries]
+        return HistoryPage(
+            stream, found.epoch, found.last, found.first, [f for f in frames if f is not None]
         )
-        keys = [api_key] if isinstance(api_key, str) else list(api_key or ())
-        return NotifyApp(gateway, api_keys=keys, max_publish_bytes=max_publish_bytes)
+
+    # --- presence (cluster-wide with a Redis presence) ------------------------------------
+
+    async def is_online(self, user_id: str) -> bool:
+        """True if ``user_id`` has a connection on any live instance."""
+        return await self.presence.is_online(user_id)
+
+    async def connections_of(self, user_id: str) -> list[str]:
+        """The connection ids of ``user_id`` on every live instance."""
+        return await self.presence.connections_of(user_id)
+
+    async def online_users(self, limit: int = 10_000) -> list[str]:
+        """Users online anywhere (at most ``limit``)."""
+        return await self.presence.online_users(limit)
+
+    async def online_count(self) -> int:
+        """How many users are online anywhere."""
+        return await self.presence.online_count()
 
     # --- introspection --------------------------------------------------------------------
 

@@ -9,9 +9,12 @@
 checked when it is built: ``none`` is refused, HMAC and public-key algorithms cannot be mixed
 (the "algorithm confusion" attack), and keys too weak for their algorithm are refused. A token
 is accepted only with a valid signature and an ``exp`` claim; ``nbf`` and ``iat`` are checked
-when present, ``aud`` and ``iss`` when configured. Every PyJWT error is translated into
-:class:`~notifykit.errors.AuthenticationError` (or :class:`~notifykit.errors.TokenExpired`) with
-a short message that is safe to show to the client: it never contains the token or a key.
+when present, ``aud`` and ``iss`` when configured. ``exp``, ``nbf`` and ``iat`` must be JSON
+numbers (not booleans) from 0 to :data:`MAX_NUMERIC_DATE` (the end of year 9999); they are
+compared with the authenticator's ``clock`` (``time.time`` unless one is injected, e.g. by
+tests). Every PyJWT error is translated into :class:`~notifykit.errors.AuthenticationError` (or
+:class:`~notifykit.errors.TokenExpired`) with a short message that is safe to show to the
+client: it never contains the token or a key.
 
 :func:`mint_token` makes HMAC tokens, for ``notifykit token``, development and tests.
 """
@@ -33,12 +36,12 @@ from .model import Principal, validate_user_id
 from .wire import MAX_TOKEN_LENGTH
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from jwt.algorithms import AllowedPublicKeys
     from jwt.types import Options
 
-__all__ = ["JWTAuthenticator", "mint_token"]
+__all__ = ["MAX_NUMERIC_DATE", "JWTAuthenticator", "mint_token"]
 
 logger = logging.getLogger("notifykit.jwt")
 
@@ -49,6 +52,14 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 """Algorithms verified with a ``public_key``."""
+
+MAX_NUMERIC_DATE = 253_402_300_799
+"""The latest ``exp``, ``nbf`` or ``iat`` accepted: 9999-12-31T23:59:59Z, in Unix seconds.
+
+A time claim outside 0 to this is refused as a bad claim, so that ``expires_at`` (and what a
+client is told in ``welcome``) stays a date a calendar, a float and a JSON reader all hold."""
+
+_TIME_CLAIMS = ("iat", "nbf", "exp")  # checked in this order, as PyJWT does
 
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 # RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
@@ -90,6 +101,9 @@ class JWTAuthenticator:
     * ``leeway`` — seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
     * ``user_claim`` — the claim holding the user id (default ``sub``); a string, or an integer
       that becomes a string, of 1-256 characters.
+    * ``clock`` — a function returning the current time in Unix seconds (default
+      ``time.time``), against which ``exp``, ``nbf`` and ``iat`` are checked; the principal's
+      ``expires_at`` is on the same scale. Tests inject one to move time without sleeping.
 
     Settings that cannot work raise :class:`~notifykit.errors.ConfigurationError` here, not at
     the first connection. Verification runs inline on the event loop: it takes microseconds
@@ -106,6 +120,7 @@ class JWTAuthenticator:
         issuer: str | None = None,
         leeway: float = 0,
         user_claim: str = "sub",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         allowed = _check_algorithms(algorithms)
         if allowed <= HMAC_ALGORITHMS:
@@ -137,6 +152,8 @@ class JWTAuthenticator:
             raise ConfigurationError("leeway must be a finite number of seconds, 0 or more")
         if not isinstance(user_claim, str) or not user_claim:
             raise ConfigurationError("user_claim must be a non-empty claim name")
+        if not callable(clock):
+            raise ConfigurationError("clock must be a callable returning Unix seconds")
         self.algorithms: tuple[str, ...] = tuple(sorted(allowed))
         """The allow-list, sorted."""
         self.audience = audience
@@ -147,12 +164,16 @@ class JWTAuthenticator:
         """Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``."""
         self.user_claim = user_claim
         """The claim that holds the user id."""
+        self.clock = clock
+        """Returns the current time in Unix seconds; ``exp``, ``nbf`` and ``iat`` are checked
+        against it."""
         options: Options = {
             "require": ["exp"],
             "verify_signature": True,
-            "verify_exp": True,
-            "verify_nbf": True,
-            "verify_iat": True,
+            # The time claims are checked below, against ``clock`` and within the sane range.
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
             "verify_aud": True,
             "verify_iss": True,
             # The user claim is checked below, where an integer ``sub`` is accepted.
@@ -196,8 +217,7 @@ class JWTAuthenticator:
             # only learns that it was refused; the server log says where.
             logger.warning("unexpected error while verifying a token", exc_info=True)
             raise AuthenticationError("token could not be verified") from None
-        # The connection lasts as long as this authenticator would still accept the token.
-        expires_at = _expiry(claims) + self.leeway
+        expires_at = self._check_times(claims)
         return Principal(self._user_id(claims), claims=claims, expires_at=expires_at)
 
     def _decode(self, token: str) -> dict[str, Any]:
@@ -224,6 +244,23 @@ class JWTAuthenticator:
         except jwt_errors.PyJWTError as exc:
             raise _translate(exc) from None
 
+    def _check_times(self, claims: Mapping[str, Any]) -> float:
+        """Check ``iat``, ``nbf`` and ``exp`` against the clock; return when the token ends.
+
+        The connection lasts as long as this authenticator would still accept the token:
+        until ``exp`` plus the leeway."""
+        now = self.clock()
+        times = {name: _numeric_date(claims, name) for name in _TIME_CLAIMS if name in claims}
+        for name in ("iat", "nbf"):
+            when = times.get(name)
+            if when is not None and when > now + self.leeway:
+                raise AuthenticationError(f"token is not valid yet ({name})")
+        # PyJWT has already refused a missing or null ``exp``.
+        expires_at = times["exp"] + self.leeway
+        if expires_at <= now:
+            raise TokenExpired("token expired")
+        return expires_at
+
     def _user_id(self, claims: Mapping[str, Any]) -> str:
         value = claims.get(self.user_claim)
         unusable = AuthenticationError(f"token has no usable {self.user_claim!r} claim")
@@ -240,47 +277,35 @@ class JWTAuthenticator:
 
 def _translate(exc: jwt_errors.PyJWTError) -> AuthenticationError:
     """The client-safe error for a PyJWT error (PyJWT's own messages are never passed on)."""
-    message = str(exc)
-    if isinstance(exc, jwt_errors.ExpiredSignatureError):
-        return TokenExpired("token expired")
     if isinstance(exc, jwt_errors.InvalidSignatureError):
         return AuthenticationError("token signature is invalid")
     if isinstance(exc, jwt_errors.MissingRequiredClaimError):
         return AuthenticationError(f"token has no {exc.claim!r} claim")
-    if isinstance(exc, jwt_errors.ImmatureSignatureError):
-        which = "iat" if "(iat)" in message else "nbf"
-        return AuthenticationError(f"token is not valid yet ({which})")
     if isinstance(exc, jwt_errors.InvalidAudienceError):
         return AuthenticationError("token audience is invalid")
     if isinstance(exc, jwt_errors.InvalidIssuerError):
         return AuthenticationError("token issuer is invalid")
-    if isinstance(exc, jwt_errors.InvalidIssuedAtError):
-        return AuthenticationError("token 'iat' claim is not a number")
     if isinstance(exc, jwt_errors.InvalidJTIError):
         return AuthenticationError("token 'jti' claim is not a string")
     if isinstance(exc, jwt_errors.InvalidAlgorithmError):
         return AuthenticationError("token algorithm is not allowed")
     if isinstance(exc, jwt_errors.DecodeError):
-        for claim in ("exp", "nbf"):
-            if f"({claim})" in message:
-                return AuthenticationError(f"token {claim!r} claim is not a number")
         return AuthenticationError("token is not a valid JWT")
     if isinstance(exc, jwt_errors.InvalidKeyError):  # pragma: no cover - keys are checked up front
         return AuthenticationError("token could not be verified")
     return AuthenticationError("token is invalid")
 
 
-def _expiry(claims: Mapping[str, Any]) -> float:
-    """``exp`` as a float; PyJWT also accepts strings like ``"1700000000"``, we do not."""
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        try:
-            expires_at = float(exp)
-        except OverflowError:
-            expires_at = math.inf
-        if math.isfinite(expires_at):
-            return expires_at
-    raise AuthenticationError("token 'exp' claim is not a number")
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
+    """The time claim ``name`` as a float, if it is a JSON number from 0 to
+    :data:`MAX_NUMERIC_DATE`; PyJWT would also take ``true`` and ``"1700000000"``, we do not."""
+    value = claims[name]
+    finite_float = isinstance(value, float) and math.isfinite(value)
+    if not (finite_float or (isinstance(value, int) and not isinstance(value, bool))):
+        raise AuthenticationError(f"token {name!r} claim is not a number")
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise AuthenticationError(f"token {name!r} claim is not a time between 1970 and 9999")
+    return float(value)
 
 
 # --- configuration checks -----------------------------------------------------------------
@@ -396,12 +421,12 @@ def mint_token(
         raise ConfigurationError(
             f"claims may not set {', '.join(reserved)}; use the arguments of mint_token"
         )
-    now = time.time()
+    now = int(time.time())  # whole seconds, so that exp - iat is the ttl (rounded up)
     payload: dict[str, Any] = {
         **extra,
         "sub": user_id,
-        "iat": int(now),
-        "exp": math.ceil(now + ttl),
+        "iat": now,
+        "exp": now + math.ceil(ttl),
     }
     if audience is not None:
         payload["aud"] = audience

@@ -1,13 +1,19 @@
 """The three seams of notifykit, as ``typing.Protocol`` classes with their contracts.
 
 * :class:`Authenticator` — turns a token into a :class:`~notifykit.model.Principal`.
+* :class:`HandshakeAuthenticator` — the same from the whole handshake (a login session, a
+  cookie, a user the web framework resolved), for servers whose users log in to the host app.
 * :class:`SocketState` — which connections *this instance* holds, under which routing keys.
 * :class:`Propagator` — carries ``(routing key, payload)`` between instances.
+* :class:`Presence` — who is online, across every instance.
 * :class:`Transport` — the little a gateway needs from a framework's websocket.
+* :class:`Receiver` — what a socket state holds and the hub hands frames to.
 
 Names follow the NestJS design notifykit descends from. Implementations live in
-:mod:`notifykit.memory`, :mod:`notifykit.jwt` and ``notifykit.redis``; the executable form of
-these contracts is :mod:`notifykit.testing.conformance`.
+:mod:`notifykit.memory`, :mod:`notifykit.jwt`, ``notifykit.redis`` and
+``notifykit.adapters``; the executable form of these contracts is
+:mod:`notifykit.testing.conformance`. This module imports nothing else from notifykit at run
+time: every layer may depend on it.
 """
 
 from __future__ import annotations
@@ -16,14 +22,15 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .model import Principal
+    from .model import Handshake, Principal, StreamHistory
 
 __all__ = [
     "Authenticator",
     "Deliver",
+    "HandshakeAuthenticator",
     "Presence",
     "Propagator",
+    "Receiver",
     "SocketState",
     "TopicPolicy",
     "Transport",
@@ -33,7 +40,8 @@ Deliver: TypeAlias = Callable[[str, bytes], None]
 """Called by a propagator for every message it receives: ``deliver(routing_key, payload)``.
 
 It is synchronous and never blocks (it only hands frames to bounded per-connection queues), so a
-propagator's reader can call it inline without ever waiting on a slow websocket.
+propagator's reader can call it inline without ever waiting on a slow websocket. With history,
+``payload`` is stamped with its place in the key's stream (:func:`notifykit.envelope.stamp`).
 """
 
 TopicPolicy: TypeAlias = Callable[["Principal", str], bool | Awaitable[bool]]
@@ -56,6 +64,62 @@ class Authenticator(Protocol):
 
 
 @runtime_checkable
+class HandshakeAuthenticator(Protocol):
+    """Says who opened a websocket from its whole handshake, not only a bearer token.
+
+    For users who log in to the host application (a session cookie, a user that Starlette's
+    or Django Channels' middleware put in the scope) rather than holding a JWT. The gateway
+    prefers it to :meth:`Authenticator.authenticate` when an authenticator has both; an
+    in-band ``refresh`` frame still goes to ``authenticate(token)``, and is refused if the
+    authenticator has none.
+    """
+
+    cookie_based: bool
+    """True if it trusts credentials a browser sends by itself (cookies): the gateway then
+    requires an ``allowed_origins`` list, since any web page could otherwise open a websocket
+    with the user's cookies (cross-site websocket hijacking)."""
+
+    async def authenticate_handshake(self, handshake: Handshake) -> Principal | None:
+        """Return who ``handshake`` proves, or None if it carries no credentials at all (the
+        gateway then admits the client anonymously if allowed, else closes it with 4001).
+
+        Raises :class:`~notifykit.errors.AuthenticationError` (or
+        :class:`~notifykit.errors.TokenExpired`) for credentials that do not prove anyone;
+        its message is shown to the client. Never raises anything else for bad credentials.
+        ``handshake.request`` is the framework's own request (see
+        :class:`~notifykit.model.Handshake`).
+        """
+        ...
+
+
+@runtime_checkable
+class Receiver(Protocol):
+    """One registered connection, as a :class:`SocketState` holds it and the hub uses it.
+
+    :class:`~notifykit.connection.Connection` is the implementation; the protocol names the
+    little the routing layer relies on, so a socket state never depends on a concrete class.
+    """
+
+    @property
+    def id(self) -> str:
+        """The connection's id (unique on this instance; what ``exclude=`` names)."""
+        ...
+
+    @property
+    def user_id(self) -> str | None:
+        """The connection's user, or None if anonymous."""
+        ...
+
+    def offer(self, frame: str) -> None:
+        """Send ``frame`` (JSON text) as soon as possible; never waits and never raises."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask for the connection to be closed with ``code``; never waits."""
+        ...
+
+
+@runtime_checkable
 class SocketState(Protocol):
     """The connections this instance holds, indexed by routing key.
 
@@ -65,18 +129,18 @@ class SocketState(Protocol):
     and every authenticated one under ``u:<user id>``; the counts rely on that convention.
     """
 
-    def add(self, key: str, connection: Connection) -> bool:
+    def add(self, key: str, connection: Receiver) -> bool:
         """Put ``connection`` under ``key``; return True if ``key`` had no connection before."""
         ...
 
-    def remove(self, key: str, connection: Connection) -> bool:
+    def remove(self, key: str, connection: Receiver) -> bool:
         """Take ``connection`` from under ``key``; return True if ``key`` now has none.
 
         Removing a connection that is not there is a no-op that returns False.
         """
         ...
 
-    def members(self, key: str) -> Collection[Connection]:
+    def members(self, key: str) -> Collection[Receiver]:
         """The connections under ``key`` (empty if none).
 
         May be a live view: callers must not mutate it, and must copy it before adding or
@@ -120,6 +184,17 @@ class Propagator(Protocol):
       Publishing to a key nobody subscribed to succeeds and delivers nothing.
     * ``deliver`` raising is logged and never ends delivery of later payloads.
     * ``healthy`` is False while the backend is unreachable (the service reports "degraded").
+
+    History (optional: a propagator may keep none, then ``read`` returns ``{}``):
+
+    * ``publish`` appends the payload to the stream of each key — offsets 1, 2, 3, ... with no
+      holes, an epoch that changes whenever the stream's history is lost — and delivers it
+      stamped with that place (:func:`notifykit.envelope.stamp`), in offset order per key.
+      Assigning the offset and publishing are one atomic step, so live delivery and history
+      always agree.
+    * ``read`` returns each stream's :class:`~notifykit.model.StreamHistory`; reading a stream
+      that does not exist yet creates its epoch (offset 0), so a position handed to a client is
+      always a real one.
     """
 
     async def start(self, deliver: Deliver) -> None:
@@ -142,6 +217,19 @@ class Propagator(Protocol):
         """Send ``payload`` to every instance subscribed to any of ``keys`` (once per key)."""
         ...
 
+    async def barrier(self, keys: Collection[str]) -> None:
+        """Return once every payload published to ``keys`` before this call — by any
+        instance — has been passed to ``deliver`` (for subscribed keys). With history, this
+        is what lets a joining connection take what it holds as everything after a read."""
+        ...
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        """The history of the stream of each key in ``after``: for a key mapped to an offset,
+        with up to ``limit`` entries after it; for a key mapped to None, with none. Keys with
+        no history (all of them when history is off) are left out. Raises
+        :class:`~notifykit.errors.PropagationError` if the backend cannot answer."""
+        ...
+
     @property
     def healthy(self) -> bool:
         """False while the backend is unreachable."""
@@ -154,10 +242,15 @@ class Propagator(Protocol):
 
 @runtime_checkable
 class Transport(Protocol):
-    """One accepted-or-about-to-be websocket, as an adapter presents it to the gateway.
+    """One websocket, as an adapter presents it to the gateway.
 
     Adapters (ASGI, Django Channels, ``websockets``) implement it in a few lines; the gateway
-    never sees a framework object.
+    and the connection never see a framework object. The outbound side is split like
+    ``websockets``' sans-I/O ``send_text()``/``data_to_send()``: :meth:`send_now` hands a
+    frame over if that needs no waiting, :meth:`send` waits until it can. The connection
+    decides what to send, when it must wait and when a client is too slow; a transport only
+    hands frames to its framework. Every coroutine a transport returns is awaited by the task
+    that called the method (trio enforces this).
     """
 
     async def accept(self, subprotocol: str | None) -> None:
@@ -168,18 +261,34 @@ class Transport(Protocol):
         """The next message from the client: text, bytes, or None once the client is gone."""
         ...
 
-    async def send(self, text: str) -> None:
-        """Send one text frame; raise :class:`~notifykit.errors.TransportClosed` (or any
-        ``OSError``, of which it is one) if the client is gone.
+    def send_now(self, frame: str) -> bool:
+        """Hand one text frame to the framework if that needs no waiting.
 
-        The connection runs the first step of this coroutine inline, in whichever task offered
-        the frame, and hands it to a writer task only if it has to wait; so ``send`` must not
-        depend on the task it runs in (ASGI's ``send`` does not).
+        Returns True once the frame is handed over (it will be written, in order, after every
+        frame handed over before it), False if it could only be sent by waiting — then
+        nothing happened and the caller sends it later with :meth:`send`. Called from any
+        task (the publisher's, usually); it must not await, block or start a task on a
+        backend other than its own. Raises :class:`~notifykit.errors.TransportClosed` (or any
+        ``OSError``) if the client is gone.
         """
         ...
 
+    async def send(self, frame: str) -> None:
+        """Send one text frame, waiting while the client reads too slowly; raise
+        :class:`~notifykit.errors.TransportClosed` (or any ``OSError``) if the client is gone.
+        Called by one task at a time (the connection's writer), never concurrently."""
+        ...
+
     async def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` and ``reason``; never raises, even if already closed."""
+        """Close with ``code`` and ``reason``, after the frames already handed over; never
+        raises, even if already closed. May wait for the client to read (callers bound it
+        and then :meth:`abort`)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake: for a client that
+        stopped reading, so that neither its socket nor what is buffered for it lingers.
+        Idempotent; never raises."""
         ...
 
 
@@ -193,7 +302,8 @@ class Presence(Protocol):
     * ``start()`` begins the lifecycle and is a no-op if already started; it does not fail
       because the backend is unreachable (``healthy`` says so instead). ``aclose()`` ends it,
       removes every entry this instance recorded at once, and is idempotent.
-    * Before ``start()`` and after ``aclose()``, every other call raises :class:`RuntimeError`,
+    * Before ``start()`` and after ``aclose()``, every other call raises
+      :class:`~notifykit.errors.NotRunning` (a :class:`RuntimeError`),
       except ``disconnected``, which is a no-op after ``aclose()`` (the entries are gone).
     * When ``connected(user, conn)`` returns, every instance sees ``user`` online with ``conn``
       among its connections; when ``disconnected`` returns, no instance sees ``conn`` any more,

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, TypeAlias
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import ProtocolError
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = [
+    "BEARER_PREFIX",
+    "MAX_DATA_DEPTH",
+    "MAX_TOKEN_LENGTH",
     "SUBPROTOCOL",
     "ClientFrame",
     "CloseCode",
@@ -28,6 +34,7 @@ __all__ = [
     "Notification",
     "Ping",
     "Pong",
+    "Position",
     "Refresh",
     "Refreshed",
     "ServerFrame",
@@ -39,7 +46,9 @@ __all__ = [
     "encode",
     "encode_notification",
     "parse_client",
+    "parse_positions",
     "parse_server",
+    "with_position",
 ]
 
 SUBPROTOCOL = "notifykit.v1"
@@ -72,7 +81,7 @@ class CloseCode(IntEnum):
     """The client kept sending invalid frames."""
 
 
-class ErrorCode:
+class ErrorCode(StrEnum):
     """The ``code`` values of ``error`` frames (short snake_case strings)."""
 
     BAD_FRAME = "bad_frame"
@@ -81,6 +90,19 @@ class ErrorCode:
     FORBIDDEN = "forbidden"
     INVALID_TOPIC = "invalid_topic"
     UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in a stream: its ``epoch`` and an ``offset`` (the last one seen or sent).
+
+    Every stream numbers its notifications 1, 2, 3, ... with no holes; the epoch changes
+    whenever the stream's history is lost or reset, so a position from another epoch never
+    matches a current one. On the wire: ``{"epoch": "ab12", "offset": 17}``.
+    """
+
+    epoch: str
+    offset: int
 
 
 # --- client frames ------------------------------------------------------------------------
@@ -103,10 +125,12 @@ class Refresh:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Client → server: start receiving notifications sent to ``topic``."""
+    """Client → server: start receiving notifications sent to ``topic``; with ``since``, also
+    the ones sent after that position that the client missed."""
 
     topic: str
     ref: str | None = None
+    since: Position | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,23 +148,35 @@ ClientFrame: TypeAlias = Ping | Refresh | Subscribe | Unsubscribe
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Server → client, first frame: the connection is registered and will receive."""
+    """Server → client, first frame: the connection is registered and will receive.
+
+    ``positions`` gives, for each stream the connection receives from its start, the last
+    offset when it was registered: every later notification of those streams reaches it.
+    ``recovered`` is set only when the client asked to ``resume``: True if every stream it
+    named continued without a gap (the missed notifications follow this frame), False if not.
+    """
 
     connection_id: str
     user: str | None
     expires_at: int | None = None
+    positions: Mapping[str, Position] = field(default_factory=dict)
+    recovered: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Notification:
     """Server → client: a notification. ``ts`` is its creation time in Unix milliseconds;
-    ``topic`` is set when it was sent to a topic."""
+    ``topic`` is set when it was sent to a topic. ``stream``, ``offset`` and ``epoch`` place it
+    in the history of the stream it was sent to (absent when history is off)."""
 
     id: str
     event: str
     data: Any
     ts: int
     topic: str | None = None
+    stream: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +188,14 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Subscribed:
-    """Server → client: the subscription to ``topic`` is active."""
+    """Server → client: the subscription to ``topic`` is active. ``position`` is the topic
+    stream's last offset then (every later notification reaches the client); ``recovered`` is
+    set only for a ``subscribe`` with ``since``, as for :class:`Welcome`."""
 
     topic: str
     ref: str | None = None
+    position: Position | None = None
+    recovered: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +230,13 @@ ServerFrame: TypeAlias = (
 # --- parsing ------------------------------------------------------------------------------
 
 MAX_TOKEN_LENGTH = 8192
+"""The longest token accepted, in characters (longer ones are refused unread)."""
+MAX_DATA_DEPTH = 64
+"""How deeply a notification's ``data`` may nest arrays and objects (``[[1]]`` is 2 deep)."""
+MAX_RESUME_STREAMS = 16
+"""The most streams one ``resume`` may name (a connection receives from four)."""
+_EPOCH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_STREAM_LENGTH = 300  # "u:" + a 256-character user id, or "t:" + a topic, with room
 _REF_RE = re.compile(r"[\x20-\x7e]{1,64}")
 _TYPE_NAMES: dict[type, str] = {
     Ping: "ping",
@@ -234,11 +281,11 @@ def _ref(obj: dict[str, Any]) -> str | None:
     return ref
 
 
-def _str_field(obj: dict[str, Any], name: str, max_length: int) -> str:
+def _str_field(obj: dict[str, Any], name: str, max_length: int | None = None) -> str:
     value = obj.get(name)
     if not isinstance(value, str) or not value:
         raise ProtocolError(f'"{obj["type"]}" needs a non-empty string "{name}"')
-    if len(value) > max_length:
+    if max_length is not None and len(value) > max_length:
         raise ProtocolError(f'"{name}" is longer than {max_length} characters')
     if not value.isascii():
         try:
@@ -246,6 +293,40 @@ def _str_field(obj: dict[str, Any], name: str, max_length: int) -> str:
         except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
             raise ProtocolError(f'"{name}" is not valid Unicode') from None
     return value
+
+
+def _position(value: Any, name: str) -> Position:
+    """``{"epoch": str, "offset": int}`` as a :class:`Position`; ProtocolError otherwise."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f'"{name}" must be an object {{"epoch": ..., "offset": ...}}')
+    epoch, offset = value.get("epoch"), value.get("offset")
+    if not isinstance(epoch, str) or _EPOCH_RE.fullmatch(epoch) is None:
+        raise ProtocolError(f'"{name}" needs an "epoch" of 1-64 characters A-Z a-z 0-9 _ -')
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**63:
+        raise ProtocolError(f'"{name}" needs an "offset" that is an integer from 0')
+    return Position(epoch, offset)
+
+
+def parse_positions(text: str) -> dict[str, Position]:
+    """Parse a ``resume`` query parameter: a JSON object ``{stream: {"epoch", "offset"}}``.
+
+    Raises :class:`~notifykit.errors.ProtocolError` for anything else, for more than
+    :data:`MAX_RESUME_STREAMS` streams, or for a stream name that cannot be one.
+    """
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise ProtocolError("resume is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError('resume must be a JSON object {stream: {"epoch", "offset"}}')
+    if len(obj) > MAX_RESUME_STREAMS:
+        raise ProtocolError(f"resume names more than {MAX_RESUME_STREAMS} streams")
+    positions = {}
+    for stream, value in obj.items():
+        if not stream or len(stream) > _MAX_STREAM_LENGTH:
+            raise ProtocolError("resume names a stream that cannot be one")
+        positions[stream] = _position(value, "resume")
+    return positions
 
 
 def parse_client(text: str | bytes) -> ClientFrame:
@@ -263,10 +344,15 @@ def parse_client(text: str | bytes) -> ClientFrame:
     try:
         if kind == "ping":
             return Ping(ref)
+        # Topic names are only required to be strings here: the gateway checks them with
+        # model.validate_topic, the one rule for topic names, and answers invalid_topic.
         if kind == "subscribe":
-            return Subscribe(_str_field(obj, "topic", 256), ref)
+            since = obj.get("since")
+            return Subscribe(
+                _str_field(obj, "topic"), ref, None if since is None else _position(since, "since")
+            )
         if kind == "unsubscribe":
-            return Unsubscribe(_str_field(obj, "topic", 256), ref)
+            return Unsubscribe(_str_field(obj, "topic"), ref)
         if kind == "refresh":
             return Refresh(_str_field(obj, "token", MAX_TOKEN_LENGTH), ref)
         raise ProtocolError(f"unknown frame type {kind[:32]!r}", code=ErrorCode.UNKNOWN_TYPE)
@@ -286,6 +372,13 @@ def _opt_int(obj: dict[str, Any], name: str) -> int | None:
     value = obj.get(name)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise ProtocolError(f'"{name}" must be an integer')
+    return value
+
+
+def _opt_bool(obj: dict[str, Any], name: str) -> bool | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ProtocolError(f'"{name}" must be true or false')
     return value
 
 
@@ -313,17 +406,33 @@ def parse_server(text: str | bytes) -> ServerFrame:
             obj["data"],
             _req(obj, "ts", int),
             _opt_str(obj, "topic"),
+            _opt_str(obj, "stream"),
+            _opt_int(obj, "offset"),
+            _opt_str(obj, "epoch"),
         )
     if kind == "welcome":
         if "user" not in obj:
             raise ProtocolError('"welcome" needs "user"')
+        positions = obj.get("positions", {})
+        if not isinstance(positions, dict):
+            raise ProtocolError('"positions" must be an object')
         return Welcome(
-            _req(obj, "connection_id", str), _opt_str(obj, "user"), _opt_int(obj, "expires_at")
+            _req(obj, "connection_id", str),
+            _opt_str(obj, "user"),
+            _opt_int(obj, "expires_at"),
+            {stream: _position(value, "positions") for stream, value in positions.items()},
+            _opt_bool(obj, "recovered"),
         )
     if kind == "pong":
         return Pong(_opt_str(obj, "ref"))
     if kind == "subscribed":
-        return Subscribed(_req(obj, "topic", str), _opt_str(obj, "ref"))
+        position = obj.get("position")
+        return Subscribed(
+            _req(obj, "topic", str),
+            _opt_str(obj, "ref"),
+            None if position is None else _position(position, "position"),
+            _opt_bool(obj, "recovered"),
+        )
     if kind == "unsubscribed":
         return Unsubscribed(_req(obj, "topic", str), _opt_str(obj, "ref"))
     if kind == "refreshed":
@@ -345,25 +454,70 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
     anonymous) and ``notification.data``. Raises ``ValueError`` if ``data`` is not JSON.
     """
     if isinstance(frame, Notification):
-        return encode_notification(frame.id, frame.event, frame.data, frame.ts, frame.topic)
+        text = encode_notification(frame.id, frame.event, frame.data, frame.ts, frame.topic)
+        if frame.stream is None or frame.offset is None or frame.epoch is None:
+            return text
+        return with_position(text, frame.stream, Position(frame.epoch, frame.offset))
     obj: dict[str, Any] = {"type": _TYPE_NAMES[type(frame)]}
     for name in frame.__slots__:
         value = getattr(frame, name)
+        if isinstance(value, Position):
+            value = {"epoch": value.epoch, "offset": value.offset}
+        elif name == "positions":
+            value = {k: {"epoch": v.epoch, "offset": v.offset} for k, v in value.items()}
         if value is not None or (name == "user" and isinstance(frame, Welcome)):
             obj[name] = value
     return _dumps(obj)
 
 
+def with_position(frame: str, stream: str, position: Position) -> str:
+    """A notification frame (as :func:`encode_notification` makes it) with its place in
+    ``stream`` added: ``"stream"``, ``"offset"`` and ``"epoch"`` at its end. The hub does this
+    once per stream a notification is sent to, never per connection."""
+    place = f'"stream":{_dumps(stream)},"offset":{position.offset},"epoch":"{position.epoch}"'
+    return f"{frame[:-1]},{place}}}"
+
+
 def encode_notification(id: str, event: str, data: Any, ts: int, topic: str | None = None) -> str:
     """Encode a notification frame; the hot path calls this once per notification.
 
-    Raises ``ValueError`` (``TypeError`` for unserializable objects is turned into it) if
-    ``data`` is not JSON-serializable.
+    Raises ``ValueError`` if ``data`` is not JSON-serializable (``TypeError`` for
+    unserializable objects is turned into it) or nests deeper than :data:`MAX_DATA_DEPTH`.
     """
     obj: dict[str, Any] = {"type": "notification", "id": id, "event": event, "data": data, "ts": ts}
     if topic is not None:
         obj["topic"] = topic
     try:
-        return _dumps(obj)
+        text = _dumps(obj)
     except TypeError as exc:
         raise ValueError(f"notification data is not JSON-serializable: {exc}") from None
+    except RecursionError:  # deeper than the interpreter's stack: far beyond the limit
+        raise ValueError(_TOO_DEEP) from None
+    # The frame holds no more nesting than it has brackets: only a frame with many of them
+    # (in data or in its strings) pays for the exact walk.
+    if text.count("[") + text.count("{") > MAX_DATA_DEPTH and _depth(data) > MAX_DATA_DEPTH:
+        raise ValueError(_TOO_DEEP)
+    return text
+
+
+_TOO_DEEP = f"notification data nests arrays and objects deeper than {MAX_DATA_DEPTH} levels"
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data`` nests lists and dicts, without recursion (stops past the limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DATA_DEPTH:
+                break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

@@ -63,6 +63,14 @@ class _Queue(Generic[T]):
         self._changed.set()
         self._changed = anyio.Event()
 
+    def try_put(self, item: T) -> bool:
+        """Append if there is room now; False (nothing appended) if the queue is full."""
+        if len(self._items) >= self._capacity:
+            return False
+        self._items.append(item)
+        self._notify()
+        return True
+
     async def put(self, item: T, *, is_open: Callable[[], bool]) -> bool:
         """Wait for room, then append; False (and nothing appended) once ``is_open()`` fails."""
         while is_open():
@@ -117,19 +125,43 @@ class MemoryTransport:
             return None
         return await client._to_server.get()
 
-    async def send(self, text: str) -> None:
-        """Send one text frame, waiting while the client's read buffer is full.
+    def _check_send(self, text: str) -> None:
+        client = self._client
+        if client.send_error is not None:
+            raise client.send_error
+        if not client._open():
+            raise TransportClosed("the client is gone")
+        text.encode("utf-8")  # a websocket sends UTF-8: text that is not valid Unicode fails here
+
+    def send_now(self, text: str) -> bool:
+        """Hand one text frame over if the client's read buffer has room; False if not.
 
         Raises :class:`~notifykit.errors.TransportClosed` once the client disconnected or the
         server closed; raises the client's ``send_error`` if one was set.
         """
+        self._check_send(text)
+        if not self._client._to_client.try_put(text):
+            return False
+        self._client.history.append("send")
+        return True
+
+    async def send(self, text: str) -> None:
+        """Send one text frame, waiting while the client's read buffer is full (raises as
+        :meth:`send_now` does)."""
         client = self._client
-        if client.send_error is not None:
-            raise client.send_error
-        client.history.append("send")
-        text.encode("utf-8")  # a websocket sends UTF-8: text that is not valid Unicode fails here
+        self._check_send(text)
         if not await client._to_client.put(text, is_open=client._open):
             raise TransportClosed("the client is gone")
+        client.history.append("send")
+
+    def abort(self) -> None:
+        """Drop the connection: the client sees it end without a close frame."""
+        client = self._client
+        client.history.append("abort")
+        client.aborted = True
+        client.dropped.set()
+        client._to_client.end()
+        client._to_server.end()
 
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code`` and ``reason``; never raises; only the first close counts."""
@@ -147,7 +179,8 @@ class MemoryTransport:
 class MemoryClient:
     """The test's end of an in-memory websocket.
 
-    ``history`` lists what the server did, in order (``"accept"``, ``"send"``, ``"close"``);
+    ``history`` lists what the server did, in order (``"accept"``, ``"send"``, ``"close"``,
+    ``"abort"``); ``aborted`` is True once the server dropped the connection;
     ``subprotocol`` is the one the server selected; ``close_code``/``close_reason`` are set
     once the server closed. Set ``send_error`` to an exception to make every later server
     ``send`` raise it (a transport that breaks).
@@ -163,10 +196,12 @@ class MemoryClient:
         self.close_code: int | None = None
         self.close_reason = ""
         self.disconnected = False
+        self.aborted = False
+        self.dropped = anyio.Event()  # set when the server aborts the connection
         self.send_error: BaseException | None = None
 
     def _open(self) -> bool:
-        return self.close_code is None and not self.disconnected
+        return self.close_code is None and not self.disconnected and not self.aborted
 
     # --- sending --------------------------------------------------------------------------
 

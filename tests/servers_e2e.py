@@ -9,6 +9,7 @@ Every wait is bounded.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -113,26 +114,27 @@ def _start(
     env: dict[str, str] | None,
     health_path: str,
     cwd: str | Path | None = None,
+    port: int | None = None,
 ) -> Server:
-    for _attempt in range(3):  # a "free" port can be taken before the server binds it
-        port = free_port()
+    for _attempt in range(3 if port is None else 1):  # a "free" port can be taken meanwhile
+        use = port if port is not None else free_port()
         logs = Path(tempfile.mkdtemp(prefix="notifykit-e2e-"))
         with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
             process = subprocess.Popen(
-                list(argv(port)),
+                list(argv(use)),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=env if env is not None else clean_env(),
                 cwd=cwd,
             )
-        server = Server(process, port, logs)
+        server = Server(process, use, logs)
         if _wait_healthy(server, health_path):
             return server
         output = server.output()
         server.stop(signal.SIGKILL)
         if "address already in use" not in output.lower():
-            raise RuntimeError(f"server did not start: {list(argv(port))}\n{output}")
+            raise RuntimeError(f"server did not start: {list(argv(use))}\n{output}")
     raise RuntimeError("no free port found for the server")
 
 
@@ -151,8 +153,22 @@ def _wait_healthy(server: Server, path: str) -> bool:
     return False
 
 
-def start_serve(*flags: str, env: dict[str, str] | None = None) -> Server:
-    """Run ``notifykit serve --port <free> <flags>`` and wait until ``/healthz`` answers."""
+def start_command(
+    argv: Callable[[int], Sequence[str]],
+    *,
+    env: dict[str, str],
+    health_path: str,
+    cwd: str | Path | None = None,
+) -> Server:
+    """Run the command ``argv(port)`` for a free port and wait until ``health_path`` answers
+    200 (retrying on another port if that one was taken meanwhile)."""
+    return _start(argv, env=env, health_path=health_path, cwd=cwd)
+
+
+def start_serve(*flags: str, env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    """Run ``notifykit serve --port <port> <flags>`` and wait until ``/healthz`` answers.
+
+    ``port`` defaults to a free one; give the port of a stopped server to restart it."""
     return _start(
         lambda port: [
             sys.executable,
@@ -167,6 +183,7 @@ def start_serve(*flags: str, env: dict[str, str] | None = None) -> Server:
         ],
         env=env,
         health_path="/healthz",
+        port=port,
     )
 
 
@@ -267,6 +284,22 @@ async def client(
         close_timeout=2,
     ) as ws:
         yield ws
+
+
+def upgrade_request(port: int, *headers: str, target: str = "/ws") -> bytes:
+    """The bytes of a websocket upgrade request, for raw-socket tests, with extra
+    ``headers`` (``"Name: value"``)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 async def recv(ws: ClientConnection, within: float = FRAME_TIMEOUT) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from servers import RedisServer
+from servers import RedisServer, eventually
 from servers_e2e import (
     API_KEY,
     FRAME_TIMEOUT,
@@ -41,10 +41,13 @@ from servers_e2e import (
     welcome,
 )
 
+import notifykit
 from notifykit.cli import SETTINGS, build_parser, main
 from notifykit.cli.backends import Backends, build_backends
-from notifykit.cli.settings import read_environment
+from notifykit.cli.serve import dev_settings, own_command
+from notifykit.cli.settings import Settings, read_settings
 from notifykit.jwt import JWTAuthenticator
+from notifykit.memory import MemoryPropagator
 from notifykit.redis import RedisClusterPropagator, RedisPresence, RedisPropagator
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -90,6 +93,7 @@ def verify(tok: str, **options: str) -> dict[str, object]:
 # --- token --------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_token_prints_only_a_token_that_verifies() -> None:
     result = run_cli("token", "--user", "42", "--ttl", "60", "--jwt-secret", SECRET)
     assert result.returncode == 0, result.stderr
@@ -132,6 +136,7 @@ def test_token_reads_the_secret_from_the_environment_and_a_flag_overrides_it(
     anyio.run(JWTAuthenticator(secret=other).authenticate, tok)
 
 
+@pytest.mark.e2e
 def test_token_without_a_secret_exits_2_with_one_line_and_no_traceback() -> None:
     result = run_cli("token", "--user", "42")
     assert result.returncode == 2
@@ -144,7 +149,9 @@ def test_token_without_a_secret_exits_2_with_one_line_and_no_traceback() -> None
     [
         pytest.param(["--jwt-secret", "short"], "at least 32 bytes", id="short-secret"),
         pytest.param(["--claim", "novalue"], "NAME=VALUE", id="bad-claim"),
-        pytest.param(["--claim", "exp=1"], "may not set exp", id="reserved-claim"),
+        pytest.param(["--claim", "exp=1"], "set 'exp' with --ttl", id="reserved-claim"),
+        pytest.param(["--claim", "sub=43"], "set 'sub' with --user", id="claim-sub"),
+        pytest.param(["--claim", "aud=x"], "with --jwt-audience", id="claim-aud"),
         pytest.param(["--ttl", "-5"], "ttl", id="negative-ttl"),
         pytest.param(["--jwt-algorithm", "RS256"], "HMAC", id="not-hmac"),
     ],
@@ -179,6 +186,10 @@ def test_token_with_bad_settings_exits_2_with_one_line(
         pytest.param([], {"NOTIFYKIT_PORT": "eighty"}, "NOTIFYKIT_PORT", id="int"),
         pytest.param([], {"NOTIFYKIT_LOG_LEVEL": "loud"}, "log level", id="log-level"),
         pytest.param(["--queue-size", "0"], {}, "--queue-size", id="queue-size"),
+        pytest.param(["--close-timeout", "0"], {}, "--close-timeout", id="close-timeout"),
+        pytest.param(
+            [], {"NOTIFYKIT_SHUTDOWN_TIMEOUT": "inf"}, "NOTIFYKIT_SHUTDOWN_TIMEOUT", id="inf"
+        ),
     ],
 )
 def test_serve_with_bad_or_missing_settings_exits_2_with_one_line(
@@ -252,7 +263,10 @@ KEYS = ["--jwt-secret", SECRET, "--api-key", API_KEY]
         ),
         pytest.param([], {"NOTIFYKIT_PRESENCE_TTL": "soon"}, "NOTIFYKIT_PRESENCE_TTL", id="ttl"),
         pytest.param(
-            ["--redis-url", "redis://x", "--redis-prefix", "two words"], {}, "prefix", id="space"
+            ["--redis-url", "redis://x", "--redis-prefix", "two words"],
+            {},
+            "--redis-prefix 'two words'",
+            id="space",
         ),
         pytest.param(
             ["--redis-cluster-url", "redis://x", "--redis-prefix", "{app}"], {}, "{", id="tag"
@@ -279,11 +293,11 @@ def test_serve_with_unusable_redis_settings_exits_2_with_one_line(
 def serve_backends(argv: list[str], env: dict[str, str]) -> Backends:
     """What ``notifykit serve <argv>`` would propagate with, in this environment."""
     args = build_parser().parse_args(["serve", *argv])
-    read_environment(args, env)
-    return build_backends(args)
+    return build_backends(read_settings(args, env))
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the Redis parts are asyncio-only
 @pytest.mark.parametrize(
     ("variable", "propagator_class"),
     [
@@ -314,12 +328,14 @@ async def test_serve_takes_redis_settings_from_the_environment(
 def test_serve_without_redis_propagates_in_memory_under_a_generated_instance_id() -> None:
     first = serve_backends([], {})
     second = serve_backends([], {})
-    assert (first.propagator, first.presence) == (None, None)
+    assert isinstance(first.propagator, MemoryPropagator)
+    assert first.presence is None
     assert re.fullmatch(rf"[A-Za-z0-9._-]+-{os.getpid()}-[0-9a-f]{{6}}", first.instance_id)
     assert first.instance_id != second.instance_id
     assert serve_backends(["--instance-id", "pod-7"], {}).instance_id == "pod-7"
 
 
+@pytest.mark.e2e
 def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
     result = run_cli(
         "serve", *KEYS, "--redis-url", "redis://a", env={"NOTIFYKIT_REDIS_CLUSTER_URL": "redis://b"}
@@ -328,6 +344,7 @@ def test_serve_with_both_redis_urls_exits_2_in_a_real_process() -> None:
     assert_one_line_error(result.stderr, "not both")
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_password(
     request: pytest.FixtureRequest,
@@ -337,7 +354,8 @@ async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_passwo
     try:
         with log_on_failure(request, srv):
             assert (await health(srv))["status"] == "degraded"
-            await anyio.sleep(0.2)  # let the first reconnection warnings reach the log
+            # The first reconnection warning, which names the Redis address, is in the log:
+            await eventually(lambda: "cannot connect to Redis at" in srv.stderr(), FRAME_TIMEOUT)
             stderr = srv.stderr()
             match = re.search(r"instance (\S+): Redis at (\S+) ", stderr)
             assert match is not None, stderr
@@ -350,6 +368,7 @@ async def test_serve_logs_its_instance_id_and_redis_address_but_never_the_passwo
 
 @pytest.mark.anyio
 @pytest.mark.redis
+@pytest.mark.e2e
 async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -372,12 +391,111 @@ async def test_serve_reaches_redis_over_tls_with_a_password_and_a_database(
         redis.stop()
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        pytest.param(["--port", "99999"], "--port 99999", id="port-too-high"),
+        pytest.param(["--port", "-5"], "--port '-5'", id="negative-port"),
+        pytest.param(["--port", "0"], "--port '0'", id="port-0"),
+        pytest.param(["--host", "999.1.1.1"], "--host '999.1.1.1'", id="bad-ipv4"),
+        pytest.param(["--host", "::g"], "--host '::g'", id="bad-ipv6"),
+        pytest.param(["--host", "no-such-host.invalid"], "--host", id="unknown-name"),
+    ],
+)
+def test_serve_refuses_an_address_it_cannot_listen_on_before_anything_starts(
+    argv: list[str], says: str
+) -> None:
+    result = run_cli("serve", "--dev", *argv)  # --dev would print its banner if it started
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr, says)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost"])
+def test_serve_accepts_addresses_and_names_it_can_listen_on(host: str) -> None:
+    args = build_parser().parse_args(["serve", "--host", host, "--port", "65535"])
+    assert read_settings(args, {}).host == host
+
+
+@pytest.mark.e2e
+def test_version_prints_the_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"notifykit {notifykit.__version__}"
+
+
+def test_token_lives_exactly_its_ttl(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "--user", "42", "--ttl", "3600", "--jwt-secret", SECRET]) == 0
+    claims = verify(capsys.readouterr().out.strip())
+    assert claims["exp"] == claims["iat"] + 3600  # type: ignore[operator]
+
+
+@pytest.mark.e2e
+def test_jwt_leeway_help_names_the_three_time_claims() -> None:
+    assert "exp, nbf and iat" in " ".join(run_cli("serve", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("settings", "warns"),
+    [
+        pytest.param(Settings(dev=True, redis_url="redis://r"), True, id="redis"),
+        pytest.param(Settings(dev=True, redis_cluster_url="redis://r"), True, id="cluster"),
+        pytest.param(Settings(dev=True), False, id="memory"),
+        pytest.param(
+            Settings(dev=True, redis_url="redis://r", jwt_secret=SECRET, api_key=("k",)),
+            False,
+            id="shared-secrets",
+        ),
+    ],
+)
+def test_dev_mode_warns_when_instances_on_one_redis_could_not_share_its_secrets(
+    capsys: pytest.CaptureFixture[str], settings: Settings, warns: bool
+) -> None:
+    generated = dev_settings(settings)
+    assert generated.jwt_secret
+    assert generated.api_key
+    err = capsys.readouterr().err
+    assert ("NOTIFYKIT_JWT_SECRET" in err) is warns
+    if warns:
+        assert err.startswith("notifykit: warning: ")
+    assert settings.jwt_secret is None or generated.jwt_secret == settings.jwt_secret
+
+
+@pytest.mark.parametrize(
+    ("argv0", "expected"),
+    [
+        pytest.param(".venv/bin/notifykit", [".venv/bin/notifykit"], id="venv-script"),
+        pytest.param("__main__.py", [sys.executable, "-m", "notifykit"], id="python-m"),
+    ],
+)
+def test_dev_mode_prints_a_publish_command_that_runs_from_another_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv0: str, expected: list[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no notifykit on PATH
+    assert own_command() == expected
+
+
+def test_dev_mode_prints_plain_notifykit_when_that_is_the_one_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = tmp_path / "notifykit"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert own_command() == ["notifykit"]
+
+
+@pytest.mark.e2e
 def test_serve_without_a_key_exits_2_in_a_real_process() -> None:
     result = run_cli("serve")
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "no JWT key")
 
 
+@pytest.mark.e2e
 def test_serve_on_a_port_in_use_exits_3_without_a_traceback() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -389,6 +507,7 @@ def test_serve_on_a_port_in_use_exits_3_without_a_traceback() -> None:
     assert "address already in use" in result.stderr.lower()
 
 
+@pytest.mark.e2e
 def test_bad_flags_exit_2_without_a_traceback() -> None:
     for argv in (["serve", "--no-such-flag"], ["publish", "--event", "e"], []):
         result = run_cli(*argv)
@@ -397,6 +516,7 @@ def test_bad_flags_exit_2_without_a_traceback() -> None:
         assert "error:" in result.stderr
 
 
+@pytest.mark.e2e
 def test_every_setting_is_documented_with_its_environment_variable() -> None:
     docs = DOCS.read_text()
     help_text = run_cli("serve", "--help").stdout
@@ -426,6 +546,7 @@ async def publish_cli(server: Server, *args: str) -> subprocess.CompletedProcess
         )
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_publish_prints_the_id_of_the_notification_the_user_receives(
     request: pytest.FixtureRequest, server: Server
@@ -443,6 +564,7 @@ async def test_publish_prints_the_id_of_the_notification_the_user_receives(
             assert (frame["event"], frame["data"]) == ("order.shipped", {"id": 7})
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_publish_reaches_each_kind_of_target(
     server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -483,6 +605,7 @@ async def test_publish_reaches_each_kind_of_target(
             assert got == received[id(ws)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -502,6 +625,7 @@ def test_publish_refused_by_the_server_exits_1_with_its_message(
     assert_one_line_error(err, says)
 
 
+@pytest.mark.e2e
 def test_publish_to_nothing_listening_exits_1_with_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = run_cli("publish", "--url", url, "--api-key", "k", "--broadcast", "--event", "e")
@@ -549,6 +673,7 @@ def env_server() -> Iterator[Server]:
     srv.stop()
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_serve_reads_every_setting_from_the_environment(
     request: pytest.FixtureRequest, env_server: Server
@@ -578,6 +703,7 @@ async def test_serve_reads_every_setting_from_the_environment(
             assert (await recv(ws))["code"] == "forbidden"
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_a_flag_overrides_its_environment_variable(env_server: Server) -> None:
     async with client(env_server, token("o"), origin="https://flag.example") as ws:
@@ -589,6 +715,7 @@ async def test_a_flag_overrides_its_environment_variable(env_server: Server) -> 
 # --- dev mode -------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_dev_mode_prints_a_working_token_websocket_url_and_publish_command(
     request: pytest.FixtureRequest,
@@ -610,14 +737,12 @@ async def test_dev_mode_prints_a_working_token_websocket_url_and_publish_command
                 await send(ws, {"type": "subscribe", "topic": "demo:news"})
                 assert (await recv(ws))["type"] == "subscribed"
 
+                # Started as `python -m notifykit`: the printed command runs this same one, as
+                # printed, from another terminal (no `notifykit` on PATH needed).
                 command = shlex.split(printed["publish"])
-                assert command[:2] == ["notifykit", "publish"]
+                assert command[:4] == [sys.executable, "-m", "notifykit", "publish"]
                 with anyio.fail_after(30):
-                    result = await anyio.run_process(
-                        [sys.executable, "-m", "notifykit", *command[1:]],
-                        env=clean_env(),
-                        check=False,
-                    )
+                    result = await anyio.run_process(command, env=clean_env(), check=False)
                 assert result.returncode == 0, result.stderr
                 frame = await recv(ws)
                 assert frame["id"] == result.stdout.decode().strip()

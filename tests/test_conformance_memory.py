@@ -78,6 +78,9 @@ def test_memory_socket_state_passes_the_whole_suite() -> None:
 
 # -- the checks catch broken implementations -------------------------------------------------
 
+SHORT = 0.1  # seconds: the memory propagator delivers before publish returns; a broken one
+# that never delivers fails a check after this long instead of the default 5 s
+
 
 class DeliversTwice(MemoryPropagator):
     async def start(self, deliver: Deliver) -> None:
@@ -238,7 +241,11 @@ class FloatStatistics(MemoryPropagator):
             check_propagator_keeps_per_key_order_and_loses_nothing,
             "in publish order",
         ),
-        (SubscribesLate, check_propagator_subscribe_is_confirmed_on_return, "not delivered within"),
+        (
+            SubscribesLate,
+            check_propagator_subscribe_is_confirmed_on_return,
+            f"not delivered within {SHORT} s",
+        ),
         (
             IgnoresUnsubscribe,
             check_propagator_unsubscribe_stops_delivery,
@@ -248,7 +255,7 @@ class FloatStatistics(MemoryPropagator):
         (
             StopsAfterDeliverRaises,
             check_propagator_survives_a_raising_deliver,
-            "not delivered within",
+            f"not delivered within {SHORT} s",
         ),
         (
             KeepsDeliveringAfterClose,
@@ -267,7 +274,7 @@ async def test_a_propagator_check_fails_a_propagator_that_breaks_its_rule(
     rule: str,
 ) -> None:
     with pytest.raises(AssertionError, match=rule):
-        await check(memory_propagators(broken))
+        await check(memory_propagators(broken), timeout=SHORT)
 
 
 class LeakySocketState(MemorySocketState):

@@ -181,17 +181,17 @@ def test_pack_without_exclude_starts_with_the_newline() -> None:
 
 def test_unpack_gives_back_exclude_and_the_exact_frame_text() -> None:
     e = envelope(data={"text": "naïve ☃ 😀"}, exclude="abc_DEF-123")
-    assert unpack(pack(e)) == ("abc_DEF-123", e.frame())
+    assert unpack(pack(e)) == ("abc_DEF-123", None, e.frame())
 
 
 def test_unpack_without_exclude_gives_none() -> None:
     e = envelope(data=[1, 2])
-    assert unpack(pack(e)) == (None, e.frame())
+    assert unpack(pack(e)) == (None, None, e.frame())
 
 
 def test_a_frame_holding_newlines_in_its_data_survives_the_payload() -> None:
     e = envelope(data="line 1\nline 2", exclude="c")
-    assert unpack(pack(e)) == ("c", e.frame())
+    assert unpack(pack(e)) == ("c", None, e.frame())
 
 
 @pytest.mark.parametrize("payload", [b"", b"no newline at all", b'{"type":"notification"}'])
@@ -217,8 +217,8 @@ def test_an_exclude_that_is_not_a_connection_id_is_invalid(exclude: str) -> None
 
 
 @pytest.mark.anyio
-async def test_one_publish_sends_the_same_payload_object_to_every_key() -> None:
-    bus = MemoryBus()
+async def test_without_history_one_publish_sends_the_same_payload_object_to_every_key() -> None:
+    bus = MemoryBus(history_size=0)
     seen: list[tuple[str, bytes]] = []
     recorder = MemoryPropagator(bus)
     await recorder.start(lambda key, payload: seen.append((key, payload)))
@@ -231,42 +231,65 @@ async def test_one_publish_sends_the_same_payload_object_to_every_key() -> None:
     assert [key for key, _ in seen] == ["u:1", "u:2", "u:3"]
     payload = seen[0][1]
     assert all(p is payload for _, p in seen)
-    exclude, frame = unpack(payload)
+    exclude, _, frame = unpack(payload)
     assert exclude is None
     notification = parse_server(frame)
     assert isinstance(notification, Notification)
     assert notification.id == notification_id
 
 
-@pytest.mark.anyio
-async def test_connections_under_one_key_are_handed_the_same_frame_object() -> None:
+class Recorder:
+    """A transport that keeps the very objects it is handed."""
+
+    def __init__(self, frames: list[str]) -> None:
+        self.frames = frames
+
+    def send_now(self, text: str) -> bool:
+        self.frames.append(text)
+        return True
+
+
+async def frames_of_one_publish_to_users_1_and_2(hub: Hub) -> list[str]:
+    """What three connections (two of user 1, one of user 2) are handed for one publish."""
     frames: list[str] = []
-
-    class Recorder:
-        """A transport that keeps the very objects it is handed."""
-
-        async def send(self, text: str) -> None:
-            frames.append(text)
-
-    async with Hub() as hub:
-        first, second, other = (Connection(Principal(u)) for u in ("1", "1", "2"))
-        for connection in (first, second, other):
-            connection.start_sending(Recorder(), None)  # type: ignore[arg-type]
-            await hub.attach(connection)
-        try:
-            await hub.notify_users(["1", "2"], "e", {"x": 1})
-        finally:
-            for connection in (first, second, other):
-                await hub.detach(connection)
-                connection.release()
-        # One JSON encoding and one UTF-8 decode for the whole publish: every connection, under
-    # either key, is handed the very same frame string.
+    connections = [Connection(Principal(u)) for u in ("1", "1", "2")]
+    for connection in connections:
+        connection.start_sending(Recorder(frames), None)  # type: ignore[arg-type]
+        await hub.attach(connection)
+    try:
+        await hub.notify_users(["1", "2"], "e", {"x": 1})
+    finally:
+        for connection in connections:
+            await hub.detach(connection)
+            connection.release()
     assert len(frames) == 3
+    for frame in frames:
+        notification = parse_server(frame)
+        assert isinstance(notification, Notification)
+        assert (notification.event, notification.data) == ("e", {"x": 1})
+    return frames
+
+
+@pytest.mark.anyio
+async def test_without_history_every_connection_is_handed_the_same_frame_object() -> None:
+    # One JSON encoding and one UTF-8 decode for the whole publish: every connection, under
+    # either key, is handed the very same frame string.
+    async with Hub(MemoryPropagator(history_size=0)) as hub:
+        frames = await frames_of_one_publish_to_users_1_and_2(hub)
     assert frames[0] is frames[1]
     assert frames[2] is frames[0]
-    notification = parse_server(frames[0])
-    assert isinstance(notification, Notification)
-    assert (notification.event, notification.data) == ("e", {"x": 1})
+
+
+@pytest.mark.anyio
+async def test_with_history_the_connections_of_one_stream_share_one_frame_object() -> None:
+    # Each stream's frame carries its place in that stream: one frame per stream, shared by
+    # every connection receiving from it.
+    async with Hub() as hub:
+        frames = await frames_of_one_publish_to_users_1_and_2(hub)
+    assert frames[0] is frames[1]
+    assert frames[2] is not frames[0]
+    places = [parse_server(f) for f in frames]
+    assert [(n.stream, n.offset) for n in places] == [("u:1", 1), ("u:1", 1), ("u:2", 1)]  # type: ignore[union-attr]
 
 
 def test_ids_are_the_base32hex_text_of_their_128_bits() -> None:

@@ -7,7 +7,6 @@ next frame is a notification published *after* the one that must not arrive, it 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -22,16 +21,16 @@ from memory_transport import MemoryClient, MemoryTransport, ServerClosed, memory
 from notifykit import (
     SUBPROTOCOL,
     CloseCode,
-    Gateway,
-    Handshake,
     Hub,
     JWTAuthenticator,
-    MemoryPropagator,
     Principal,
     PropagationError,
-    Transport,
     mint_token,
 )
+from notifykit.gateway import Gateway
+from notifykit.memory import MemoryPropagator
+from notifykit.model import Handshake
+from notifykit.protocols import Transport
 from notifykit.wire import (
     Error,
     Notification,
@@ -44,6 +43,20 @@ from notifykit.wire import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+class subscribed:
+    """Equal to a ``subscribed`` frame for ``topic`` and ``ref``, whatever its position."""
+
+    def __init__(self, topic: str, ref: str | None = None) -> None:
+        self.topic, self.ref = topic, ref
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Subscribed) and (other.topic, other.ref) == (self.topic, self.ref)
+
+    def __repr__(self) -> str:
+        return f"subscribed({self.topic!r}, {self.ref!r})"
+
 
 SECRET = "gateway-tests-secret-0123456789abcdef"
 AUTH = JWTAuthenticator(secret=SECRET)
@@ -281,7 +294,7 @@ async def test_an_anonymous_client_if_enabled_receives_broadcasts_only(hub: Hub)
         refused = await request(anonymous, type="subscribe", topic="news")
         assert isinstance(refused, Error)
         assert refused.code == "forbidden"
-        assert (await request(user, type="subscribe", topic="news")) == Subscribed("news")
+        assert (await request(user, type="subscribe", topic="news")) == subscribed("news")
 
         await hub.notify_authenticated("for-authenticated")
         await hub.notify_topic("news", "for-topic")
@@ -348,7 +361,7 @@ async def test_a_topic_allowed_by_a_claim_wildcard_is_subscribed_and_then_delive
     async with connect(gateway, handshake(token(topics=["team:7:*"]))) as client:
         await welcome(client)
         reply = await request(client, type="subscribe", topic="team:7:chat", ref="s1")
-        assert reply == Subscribed("team:7:chat", "s1")
+        assert reply == subscribed("team:7:chat", "s1")
         sent = await hub.notify_topic("team:7:chat", "message.posted", {"text": "hi"})
         note = await next_notification(client)
         assert (note.id, note.event, note.data, note.topic) == (
@@ -393,16 +406,16 @@ async def test_subscribing_past_max_topics_is_forbidden(hub: Hub) -> None:
     gateway = Gateway(hub, AUTH, max_topics=2)
     async with connect(gateway, handshake(token(topics=["*"]))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="a") == Subscribed("a")
-        assert await request(client, type="subscribe", topic="b") == Subscribed("b")
+        assert await request(client, type="subscribe", topic="a") == subscribed("a")
+        assert await request(client, type="subscribe", topic="b") == subscribed("b")
         reply = await request(client, type="subscribe", topic="c")
         assert isinstance(reply, Error)
         assert reply.code == "forbidden"
         assert "2 topics" in reply.message
         # Subscribing again to a topic it holds is not a new topic.
-        assert await request(client, type="subscribe", topic="a") == Subscribed("a")
+        assert await request(client, type="subscribe", topic="a") == subscribed("a")
         assert await request(client, type="unsubscribe", topic="b") == Unsubscribed("b")
-        assert await request(client, type="subscribe", topic="c") == Subscribed("c")
+        assert await request(client, type="subscribe", topic="c") == subscribed("c")
 
 
 async def test_an_async_topic_policy_decides(hub: Hub) -> None:
@@ -413,7 +426,7 @@ async def test_an_async_topic_policy_decides(hub: Hub) -> None:
     gateway = Gateway(hub, AUTH, topic_policy=own_inbox_only)
     async with connect(gateway, handshake(token("42"))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="inbox:42") == Subscribed("inbox:42")
+        assert await request(client, type="subscribe", topic="inbox:42") == subscribed("inbox:42")
         reply = await request(client, type="subscribe", topic="inbox:43")
         assert isinstance(reply, Error)
         assert reply.code == "forbidden"
@@ -438,7 +451,7 @@ async def test_a_topic_policy_that_raises_refuses_and_the_connection_survives(
 async def test_unsubscribe_stops_topic_notifications(hub: Hub, gateway: Gateway) -> None:
     async with connect(gateway, handshake(token("42", topics=["news"]))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
         await hub.notify_topic("news", "before")
         assert (await next_notification(client)).event == "before"
 
@@ -541,28 +554,58 @@ async def test_a_frame_over_max_frame_bytes_gets_frame_too_large(hub: Hub, paddi
 # --- token expiry and refresh -----------------------------------------------------------------
 
 
-async def test_an_expired_token_closes_the_connection_with_4001(hub: Hub, gateway: Gateway) -> None:
-    async with connect(gateway, handshake(token("42", ttl=1))) as client:
+class WallClock:
+    """The wall clock the authenticator and the gateway read, set by the test: a token's
+    expiry comes within milliseconds instead of seconds."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EXPIRES_IN = 0.05  # seconds of (real) time left once the clock is set just before an expiry
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def timed_gateway(hub: Hub, clock: WallClock) -> Gateway:
+    """A gateway whose authenticator and expiry deadlines read ``clock``."""
+    return Gateway(hub, JWTAuthenticator(secret=SECRET, clock=clock), clock=clock)
+
+
+async def test_an_expired_token_closes_the_connection_with_4001(
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
+) -> None:
+    signed = token("42", ttl=60)
+    clock.now = await expiry_of(signed) - EXPIRES_IN
+    async with connect(timed_gateway, handshake(signed)) as client:
         await welcome(client)
-        assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
+        assert (await client.closed()) == (CloseCode.UNAUTHORIZED, "token expired")
     assert_no_state(hub)
 
 
 async def test_a_refresh_for_the_same_user_extends_the_connection(
-    hub: Hub, gateway: Gateway
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
 ) -> None:
-    first = token("42", ttl=1)
+    first = token("42", ttl=60)
     first_expiry = await expiry_of(first)
-    async with connect(gateway, handshake(first)) as client:
+    clock.now = first_expiry - EXPIRES_IN
+    async with connect(timed_gateway, handshake(first)) as client:
         assert (await welcome(client)).expires_at == int(first_expiry)
-        fresh = token("42", ttl=60, topics=["news"])
+        fresh = token("42", ttl=600, topics=["news"])
         reply = await request(client, type="refresh", token=fresh, ref="r1")
         assert reply == Refreshed(int(await expiry_of(fresh)), "r1")
 
-        await anyio.sleep(max(0.0, first_expiry - time.time()) + 0.5)
+        await anyio.sleep(2 * EXPIRES_IN)  # past the first token's expiry
         assert await request(client, type="ping", ref="alive") == Pong("alive")
         # The refreshed claims are the ones the topic policy now sees.
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
         assert client.close_code is None
 
 
@@ -571,8 +614,8 @@ async def test_a_refresh_leaves_the_topics_the_new_token_no_longer_allows(
 ) -> None:
     async with connect(gateway, handshake(token("42", topics=["news", "team:*"]))) as client:
         await welcome(client)
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
-        assert await request(client, type="subscribe", topic="team:7") == Subscribed("team:7")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
+        assert await request(client, type="subscribe", topic="team:7") == subscribed("team:7")
 
         narrower = token("42", ttl=60, topics=["team:*"])
         # Revoked topics are announced first, without a ref; then the refresh is answered.
@@ -588,17 +631,19 @@ async def test_a_refresh_leaves_the_topics_the_new_token_no_longer_allows(
 
 
 async def test_a_refresh_with_another_users_token_is_forbidden_and_changes_nothing(
-    hub: Hub, gateway: Gateway
+    hub: Hub, timed_gateway: Gateway, clock: WallClock
 ) -> None:
-    async with connect(gateway, handshake(token("42", ttl=1))) as client:
+    signed = token("42", ttl=60)
+    clock.now = await expiry_of(signed) - 10 * EXPIRES_IN
+    async with connect(timed_gateway, handshake(signed)) as client:
         await welcome(client)
-        reply = await request(client, type="refresh", token=token("43", ttl=60), ref="r1")
+        reply = await request(client, type="refresh", token=token("43", ttl=600), ref="r1")
         assert isinstance(reply, Error)
         assert (reply.code, reply.ref) == ("forbidden", "r1")
         assert len(hub.local_connections("42")) == 1
         assert len(hub.local_connections("43")) == 0
-        # Still bound to the first token: it expires at that token's exp, not 60 s later.
-        assert (await client.closed(timeout=5)) == (CloseCode.UNAUTHORIZED, "token expired")
+        # Still bound to the first token: it expires at that token's exp, not 600 s later.
+        assert (await client.closed()) == (CloseCode.UNAUTHORIZED, "token expired")
 
 
 @pytest.mark.parametrize(
@@ -626,10 +671,10 @@ async def test_a_refresh_with_an_invalid_token_is_forbidden(
 # --- slow consumers, shutdown, cancellation, broken transports --------------------------------
 
 
-async def test_a_client_that_stops_reading_is_closed_4008_and_the_others_keep_receiving(
+async def test_a_client_that_stops_reading_is_closed_4008_then_dropped_and_others_keep_receiving(
     hub: Hub,
 ) -> None:
-    gateway = Gateway(hub, AUTH, queue_size=4)
+    gateway = Gateway(hub, AUTH, queue_size=4, close_timeout=0.2)
     async with (
         connect(gateway, handshake(token("42")), read_buffer=3) as slow,
         connect(gateway, handshake(token("42"))) as healthy,
@@ -637,17 +682,31 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_the_others_keep_re
         await welcome(slow)  # then it reads nothing more: 3 frames fill its socket buffer
         await welcome(healthy)
         sent = [await hub.notify_user("42", "tick", n) for n in range(20)]
-
-        assert (await slow.closed())[0] == CloseCode.SLOW_CONSUMER
+        with anyio.fail_after(2):
+            await slow.dropped.wait()
+        # Its close frame could not be written: the connection was dropped, and counted.
+        assert slow.close_code is None
         assert hub.metrics["slow_consumer_closes"] == 1
+        assert hub.metrics["aborted_connections"] == 1
         assert len(hub.local_connections("42")) == 1
-        got = [frame.id for frame in await read_until_closed(slow, Notification)]
-        assert 1 <= len(got) < len(sent)
-        assert got == sent[: len(got)]
-
         assert [(await next_notification(healthy)).id for _ in sent] == sent
         after = await hub.notify_user("42", "after")
         assert (await next_notification(healthy)).id == after
+    assert_no_state(hub)
+
+
+async def test_a_slow_client_that_still_reads_gets_4008_after_what_was_on_its_way(hub: Hub) -> None:
+    gateway = Gateway(hub, AUTH, queue_size=4)
+    async with connect(gateway, handshake(token("42")), read_buffer=3) as slow:
+        await welcome(slow)
+        sent = [await hub.notify_user("42", "tick", n) for n in range(20)]
+        got = [frame.id for frame in await read_until_closed(slow, Notification)]
+        assert (await slow.closed())[0] == CloseCode.SLOW_CONSUMER
+        # What it got is a prefix of what was sent: its queue was dropped, nothing reordered.
+        assert 1 <= len(got) < len(sent)
+        assert got == sent[: len(got)]
+    assert hub.metrics["slow_consumer_closes"] == 1
+    assert hub.metrics["aborted_connections"] == 0
     assert_no_state(hub)
 
 
@@ -682,7 +741,7 @@ async def test_cancelling_serve_unregisters_the_connection(hub: Hub, gateway: Ga
         client, transport = memory_websocket()
         tasks.start_soon(serve, gateway, transport, handshake(token("42", topics=["news"])))
         await welcome(client)
-        assert await request(client, type="subscribe", topic="news") == Subscribed("news")
+        assert await request(client, type="subscribe", topic="news") == subscribed("news")
         assert hub.state.connection_count == 1
         tasks.cancel_scope.cancel()
     assert_no_state(hub)
@@ -717,7 +776,7 @@ async def test_a_client_gone_while_the_server_sends_is_unregistered(hub: Hub) ->
 async def test_a_thousand_connects_and_disconnects_leave_no_state_and_no_task(hub: Hub) -> None:
     gateway = Gateway(hub, AUTH, max_bad_frames=2)
     tokens = [token(str(user), topics=["team:*"]) for user in range(7)]
-    tasks_before = len(asyncio.all_tasks())
+    tasks_before = len(anyio.get_running_tasks())
 
     async def one_connection(cycle: int) -> None:
         user = str(cycle % 7)
@@ -729,7 +788,7 @@ async def test_a_thousand_connects_and_disconnects_leave_no_state_and_no_task(hu
                 reply = await client.recv()
                 while isinstance(reply, Notification):  # others' notifications may come first
                     reply = await client.recv()
-                assert reply == Subscribed(topic)
+                assert reply == subscribed(topic)
             if cycle % 4 == 1:  # the server ends it (4400) rather than the client
                 await client.send_text("garbage")
                 await client.send_text("garbage")
@@ -745,4 +804,4 @@ async def test_a_thousand_connects_and_disconnects_leave_no_state_and_no_task(hu
 
     assert_no_state(hub)
     assert hub.metrics["connections_opened"] == hub.metrics["connections_closed"] == 1000
-    assert len(asyncio.all_tasks()) == tasks_before
+    assert len(anyio.get_running_tasks()) == tasks_before

@@ -13,15 +13,10 @@ from typing import Any
 import anyio
 import pytest
 
-from notifykit import (
-    Connection,
-    Hub,
-    InvalidNotification,
-    MemoryBus,
-    MemoryPropagator,
-    Principal,
-    PropagationError,
-)
+from notifykit import Hub, InvalidNotification, Principal, PropagationError
+from notifykit.connection import Connection
+from notifykit.memory import MemoryBus, MemoryPropagator
+from notifykit.model import StreamHistory
 from notifykit.protocols import Deliver, Propagator
 from notifykit.testing import inbox
 
@@ -246,6 +241,12 @@ class SlowSubscribe:
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         await self.inner.publish(keys, payload)
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        await self.inner.barrier(keys)
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        return await self.inner.read(after, limit)
 
     @property
     def healthy(self) -> bool:

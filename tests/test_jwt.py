@@ -3,6 +3,9 @@
 Every refused token raises AuthenticationError (TokenExpired for an expired one) with a short
 message that is shown to the client, so each refusal below checks the exact type, the exact
 message, and that neither the token nor the key leaks into it.
+
+Verification awaits nothing, so the tests run ``authenticate`` through ``verify()``, without an
+event loop; tokens made from hand-written claims are verified on a clock frozen at ``NOW``.
 """
 
 from __future__ import annotations
@@ -25,20 +28,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notifykit.errors import AuthenticationError, ConfigurationError, TokenExpired
-from notifykit.jwt import JWTAuthenticator, mint_token
+from notifykit.jwt import MAX_NUMERIC_DATE, JWTAuthenticator, mint_token
 from notifykit.model import Principal
 from notifykit.protocols import Authenticator
 from notifykit.topics import claim_topics_policy, topic_matches
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4  # 76 bytes: enough for HS512 too
 OTHER_SECRET = "other-secret-" + "fedcba9876543210" * 4
-DAY = 86400  # the attack table is built at import: its "future" must outlast the whole run
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, "now" for tokens verified on the frozen clock
+DAY = 86400
 
 # --- helpers ------------------------------------------------------------------------------
 
 
-def now() -> int:
-    return int(time.time())
+def frozen() -> float:
+    """The clock of every authenticator below that verifies hand-made claims: it stands still
+    at NOW, so no test depends on when it runs."""
+    return NOW
 
 
 def b64(data: bytes) -> str:
@@ -66,9 +72,24 @@ _DROP = object()
 
 def claims(**changes: Any) -> dict[str, Any]:
     """Valid claims for user 42, with some changed (or dropped with ``_DROP``)."""
-    base: dict[str, Any] = {"sub": "42", "iat": now(), "exp": now() + DAY}
+    base: dict[str, Any] = {"sub": "42", "iat": NOW, "exp": NOW + DAY}
     base.update(changes)
     return {k: v for k, v in base.items() if v is not _DROP}
+
+
+def verify(authenticator: JWTAuthenticator, token: Any) -> Principal:
+    """``await authenticator.authenticate(token)`` run to completion without an event loop.
+
+    Verification runs inline, awaiting nothing (its documented contract), so the tests below
+    need no backend; this fails if that ever changes."""
+    verifying = authenticator.authenticate(token)
+    try:
+        verifying.send(None)
+    except StopIteration as done:
+        principal: Principal = done.value
+        return principal
+    verifying.close()
+    raise AssertionError("JWTAuthenticator.authenticate awaited something: it must run inline")
 
 
 def hs256(payload: dict[str, Any], secret: str = SECRET, **kwargs: Any) -> str:
@@ -142,100 +163,171 @@ def test_the_jwt_authenticator_implements_the_authenticator_protocol() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_valid_hs256_token_proves_its_subject() -> None:
+async def test_authenticate_is_awaited_on_the_event_loop_of_any_backend() -> None:
+    principal = await JWTAuthenticator(secret=SECRET, clock=frozen).authenticate(hs256(claims()))
+    assert principal.user_id == "42"
+
+
+def test_a_valid_hs256_token_proves_its_subject() -> None:
     payload = claims(sub="42")
-    principal = await JWTAuthenticator(secret=SECRET).authenticate(hs256(payload))
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen), hs256(payload))
     assert principal == Principal("42", claims=payload, expires_at=float(payload["exp"]))
     assert not principal.is_anonymous
 
 
-@pytest.mark.anyio
-async def test_expires_at_is_the_exp_claim_as_a_float() -> None:
-    exp = now() + 1234
-    principal = await JWTAuthenticator(secret=SECRET).authenticate(hs256(claims(exp=exp)))
+def test_expires_at_is_the_exp_claim_as_a_float() -> None:
+    exp = NOW + 1234
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen), hs256(claims(exp=exp)))
     assert principal.expires_at == float(exp)
     assert isinstance(principal.expires_at, float)
 
 
-@pytest.mark.anyio
-async def test_a_token_just_under_the_length_limit_is_accepted() -> None:
+def test_a_token_just_under_the_length_limit_is_accepted() -> None:
     pad = 8192 - len(hs256(claims(pad="")))
     token = hs256(claims(pad="p" * (pad * 3 // 4)))
     while len(token) > 8192:
         pad -= 1
         token = hs256(claims(pad="p" * (pad * 3 // 4)))
     assert len(token) > 8185
-    assert (await JWTAuthenticator(secret=SECRET).authenticate(token)).user_id == "42"
+    assert (verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)).user_id == "42"
 
 
-@pytest.mark.anyio
-async def test_extra_claims_are_kept_in_the_principal() -> None:
+def test_extra_claims_are_kept_in_the_principal() -> None:
     payload = claims(topics=["team:7:*"], roles={"admin": False}, name="Ada")
-    principal = await JWTAuthenticator(secret=SECRET).authenticate(hs256(payload))
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen), hs256(payload))
     assert principal.claims["topics"] == ["team:7:*"]
     assert principal.claims["roles"] == {"admin": False}
     assert principal.claims["name"] == "Ada"
 
 
-@pytest.mark.anyio
-async def test_an_integer_subject_becomes_a_string() -> None:
+def test_an_integer_subject_becomes_a_string() -> None:
     # Built by hand: PyJWT itself refuses to encode a non-string "sub".
     token = hmac_signed({"alg": "HS256"}, claims(sub=42), SECRET.encode(), hashlib.sha256)
-    principal = await JWTAuthenticator(secret=SECRET).authenticate(token)
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)
     assert principal.user_id == "42"
 
 
-@pytest.mark.anyio
-async def test_a_custom_user_claim_names_the_user() -> None:
-    auth = JWTAuthenticator(secret=SECRET, user_claim="uid")
-    principal = await auth.authenticate(hs256(claims(sub=_DROP, uid="ada@example.com")))
+def test_a_custom_user_claim_names_the_user() -> None:
+    auth = JWTAuthenticator(secret=SECRET, clock=frozen, user_claim="uid")
+    principal = verify(auth, hs256(claims(sub=_DROP, uid="ada@example.com")))
     assert principal.user_id == "ada@example.com"
 
 
-@pytest.mark.anyio
-async def test_a_user_id_of_256_characters_is_accepted() -> None:
-    principal = await JWTAuthenticator(secret=SECRET).authenticate(hs256(claims(sub="u" * 256)))
+def test_a_user_id_of_256_characters_is_accepted() -> None:
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen), hs256(claims(sub="u" * 256)))
     assert principal.user_id == "u" * 256
 
 
-@pytest.mark.anyio
-async def test_leeway_accepts_a_token_that_expired_within_it() -> None:
-    token = hs256(claims(exp=now() - 5))
+def test_leeway_accepts_a_token_that_expired_within_it() -> None:
+    token = hs256(claims(exp=NOW - 5))
     with pytest.raises(TokenExpired):
-        await JWTAuthenticator(secret=SECRET).authenticate(token)
-    principal = await JWTAuthenticator(secret=SECRET, leeway=60).authenticate(token)
+        verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen, leeway=60), token)
     assert principal.user_id == "42"
 
 
-@pytest.mark.anyio
-async def test_leeway_accepts_a_token_that_becomes_valid_within_it() -> None:
-    token = hs256(claims(nbf=now() + 5, iat=now() + 5))
-    principal = await JWTAuthenticator(secret=SECRET, leeway=60).authenticate(token)
+def test_leeway_accepts_a_token_that_becomes_valid_within_it() -> None:
+    token = hs256(claims(nbf=NOW + 5, iat=NOW + 5))
+    principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen, leeway=60), token)
     assert principal.user_id == "42"
 
 
-@pytest.mark.anyio
-async def test_a_token_whose_nbf_and_iat_have_passed_is_accepted() -> None:
-    token = hs256(claims(nbf=now() - 10, iat=now() - 10))
-    assert (await JWTAuthenticator(secret=SECRET).authenticate(token)).user_id == "42"
+def test_a_token_whose_nbf_and_iat_have_passed_is_accepted() -> None:
+    token = hs256(claims(nbf=NOW - 10, iat=NOW - 10))
+    assert (verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)).user_id == "42"
 
 
-@pytest.mark.anyio
-async def test_audience_and_issuer_are_accepted_when_they_match() -> None:
-    auth = JWTAuthenticator(secret=SECRET, audience="notifykit", issuer="https://id.example")
+# --- time, on the injected clock -----------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand, in Unix seconds."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_token_is_accepted_until_its_exp_on_the_authenticators_clock() -> None:
+    clock = Clock()
+    auth = JWTAuthenticator(secret=SECRET, clock=clock)
+    token = hs256(claims(exp=NOW + 10))
+    assert (verify(auth, token)).expires_at == NOW + 10
+    clock.now = NOW + 9.999
+    assert (verify(auth, token)).user_id == "42"
+    clock.now = NOW + 10
+    with pytest.raises(TokenExpired, match="token expired"):
+        verify(auth, token)
+
+
+def test_leeway_moves_the_end_of_a_token_and_its_expires_at_by_as_much() -> None:
+    clock = Clock(NOW + 29)
+    auth = JWTAuthenticator(secret=SECRET, clock=clock, leeway=30)
+    token = hs256(claims(exp=NOW))
+    assert (verify(auth, token)).expires_at == NOW + 30
+    clock.now = NOW + 30
+    with pytest.raises(TokenExpired):
+        verify(auth, token)
+
+
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_a_token_is_refused_until_its_nbf_or_iat_on_the_authenticators_clock(
+    claim: str,
+) -> None:
+    clock = Clock(NOW - 0.001)
+    auth = JWTAuthenticator(secret=SECRET, clock=clock)
+    token = hs256(claims(**{"iat": NOW - 60, claim: NOW}))
+    with pytest.raises(AuthenticationError, match=re.escape(f"token is not valid yet ({claim})")):
+        verify(auth, token)
+    clock.now = NOW
+    assert (verify(auth, token)).user_id == "42"
+
+
+def test_the_clock_decides_even_for_times_long_past() -> None:
+    # A token of 1973, verified by an authenticator whose clock says 1972.
+    auth = JWTAuthenticator(secret=SECRET, clock=lambda: 70_000_000)
+    token = hs256(claims(iat=60_000_000, exp=100_000_000))
+    assert (verify(auth, token)).expires_at == 100_000_000
+
+
+def test_a_fractional_exp_is_kept_to_the_fraction() -> None:
+    auth = JWTAuthenticator(secret=SECRET, clock=Clock(NOW + 0.25))
+    principal = verify(auth, hs256(claims(exp=NOW + 0.5)))
+    assert principal.expires_at == NOW + 0.5
+
+
+def test_the_default_clock_is_the_system_clock() -> None:
+    auth = JWTAuthenticator(secret=SECRET)
+    assert auth.clock is time.time
+    with pytest.raises(TokenExpired):
+        verify(auth, hs256(claims(iat=NOW - DAY, exp=NOW)))  # long past by now
+    token = hs256(claims(iat=int(time.time()), exp=int(time.time()) + DAY))
+    assert (verify(auth, token)).user_id == "42"
+
+
+def test_the_boundaries_of_the_time_range_are_accepted() -> None:
+    auth = JWTAuthenticator(secret=SECRET, clock=lambda: 0.0)
+    token = hs256(claims(iat=0, nbf=0.0, exp=MAX_NUMERIC_DATE))
+    assert (verify(auth, token)).expires_at == 253402300799.0
+
+
+def test_audience_and_issuer_are_accepted_when_they_match() -> None:
+    auth = JWTAuthenticator(
+        secret=SECRET, clock=frozen, audience="notifykit", issuer="https://id.example"
+    )
     token = hs256(claims(aud=["billing", "notifykit"], iss="https://id.example"))
-    assert (await auth.authenticate(token)).user_id == "42"
+    assert (verify(auth, token)).user_id == "42"
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
-async def test_every_allowed_hmac_algorithm_is_accepted(algorithm: str) -> None:
-    auth = JWTAuthenticator(secret=SECRET, algorithms=["HS256", "HS384", "HS512"])
-    principal = await auth.authenticate(hs256(claims(), algorithm=algorithm))
+def test_every_allowed_hmac_algorithm_is_accepted(algorithm: str) -> None:
+    auth = JWTAuthenticator(secret=SECRET, clock=frozen, algorithms=["HS256", "HS384", "HS512"])
+    principal = verify(auth, hs256(claims(), algorithm=algorithm))
     assert principal.user_id == "42"
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("algorithm", "private", "public"),
     [
@@ -248,41 +340,42 @@ async def test_every_allowed_hmac_algorithm_is_accepted(algorithm: str) -> None:
         ("EdDSA", "ed448_private", "ed448_public"),
     ],
 )
-async def test_a_token_signed_with_the_private_key_is_accepted(
+def test_a_token_signed_with_the_private_key_is_accepted(
     keys: Keys, algorithm: str, private: str, public: str
 ) -> None:
-    auth = JWTAuthenticator(public_key=getattr(keys, public), algorithms=[algorithm])
+    auth = JWTAuthenticator(clock=frozen, public_key=getattr(keys, public), algorithms=[algorithm])
     payload = claims(topics=["a"])
     token = jwt.encode(payload, getattr(keys, private), algorithm=algorithm)
-    principal = await auth.authenticate(token)
+    principal = verify(auth, token)
     assert principal == Principal("42", claims=payload, expires_at=float(payload["exp"]))
 
 
-@pytest.mark.anyio
-async def test_one_rsa_public_key_serves_rs_and_ps_algorithms(keys: Keys) -> None:
-    auth = JWTAuthenticator(public_key=keys.rsa_public, algorithms=["RS256", "PS384"])
+def test_one_rsa_public_key_serves_rs_and_ps_algorithms(keys: Keys) -> None:
+    auth = JWTAuthenticator(clock=frozen, public_key=keys.rsa_public, algorithms=["RS256", "PS384"])
     for algorithm in ("RS256", "PS384"):
         token = jwt.encode(claims(), keys.rsa_private, algorithm=algorithm)
-        assert (await auth.authenticate(token)).user_id == "42"
+        assert (verify(auth, token)).user_id == "42"
 
 
 # --- refused tokens: the attack matrix ------------------------------------------------------
 
 
 def hs256_auth(keys: Keys) -> JWTAuthenticator:
-    return JWTAuthenticator(secret=SECRET)
+    return JWTAuthenticator(secret=SECRET, clock=frozen)
 
 
 def rs256_auth(keys: Keys) -> JWTAuthenticator:
-    return JWTAuthenticator(public_key=keys.rsa_public, algorithms=["RS256"])
+    return JWTAuthenticator(clock=frozen, public_key=keys.rsa_public, algorithms=["RS256"])
 
 
 def audience_auth(keys: Keys) -> JWTAuthenticator:
-    return JWTAuthenticator(secret=SECRET, audience="notifykit", issuer="https://id.example")
+    return JWTAuthenticator(
+        secret=SECRET, clock=frozen, audience="notifykit", issuer="https://id.example"
+    )
 
 
 def leeway_auth(keys: Keys) -> JWTAuthenticator:
-    return JWTAuthenticator(secret=SECRET, leeway=30)
+    return JWTAuthenticator(secret=SECRET, clock=frozen, leeway=30)
 
 
 def tampered(keys: Keys) -> str:
@@ -328,39 +421,55 @@ class Attack:
 
 INVALID_JWT = "token is not a valid JWT"
 NO_SUB = "token has no usable 'sub' claim"
+OUT_OF_RANGE = "token {!r} claim is not a time between 1970 and 9999"
+
+
+def not_a_number(claim: str, value: Any) -> Attack:
+    """A time claim that is no JSON number: a bad claim (never "token expired")."""
+    return Attack(
+        signed(claims(**{claim: value})),
+        AuthenticationError,
+        f"token {claim!r} claim is not a number",
+    )
+
+
+def out_of_range(claim: str, value: Any) -> Attack:
+    """A time claim that is a number, but not a time between 1970 and 9999."""
+    return Attack(signed(claims(**{claim: value})), AuthenticationError, OUT_OF_RANGE.format(claim))
+
 
 ATTACKS: dict[str, Attack] = {
     # time
-    "expired": Attack(signed(claims(exp=now() - 60)), TokenExpired, "token expired"),
+    "expired": Attack(signed(claims(exp=NOW - 60)), TokenExpired, "token expired"),
     "expired beyond the leeway": Attack(
-        signed(claims(exp=now() - 120)), TokenExpired, "token expired", leeway_auth
+        signed(claims(exp=NOW - 120)), TokenExpired, "token expired", leeway_auth
     ),
     "not valid yet (nbf)": Attack(
-        signed(claims(nbf=now() + DAY)), AuthenticationError, "token is not valid yet (nbf)"
+        signed(claims(nbf=NOW + DAY)), AuthenticationError, "token is not valid yet (nbf)"
     ),
     "issued in the future (iat)": Attack(
-        signed(claims(iat=now() + DAY)), AuthenticationError, "token is not valid yet (iat)"
+        signed(claims(iat=NOW + DAY)), AuthenticationError, "token is not valid yet (iat)"
     ),
     "no exp": Attack(signed(claims(exp=_DROP)), AuthenticationError, "token has no 'exp' claim"),
     "null exp": Attack(signed(claims(exp=None)), AuthenticationError, "token has no 'exp' claim"),
-    "exp is a word": Attack(
-        signed(claims(exp="tomorrow")), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is a numeric string": Attack(
-        signed(claims(exp="99999999999")), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp is infinite": Attack(
-        signed(claims(exp=float("inf"))), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "exp beyond a float": Attack(
-        signed(claims(exp=10**400)), AuthenticationError, "token 'exp' claim is not a number"
-    ),
-    "nbf is a word": Attack(
-        signed(claims(nbf="soon")), AuthenticationError, "token 'nbf' claim is not a number"
-    ),
-    "iat is a word": Attack(
-        signed(claims(iat="earlier")), AuthenticationError, "token 'iat' claim is not a number"
-    ),
+    "exp is a word": not_a_number("exp", "tomorrow"),
+    "exp is a numeric string": not_a_number("exp", "99999999999"),
+    "exp is infinite": not_a_number("exp", float("inf")),
+    "exp is NaN": not_a_number("exp", float("nan")),
+    "exp is true": not_a_number("exp", True),
+    "exp is false": not_a_number("exp", False),
+    "exp beyond a float": out_of_range("exp", 10**400),
+    "exp is 1e308": out_of_range("exp", 1e308),
+    "exp after the year 9999": out_of_range("exp", MAX_NUMERIC_DATE + 1),
+    "exp before 1970": out_of_range("exp", -1),
+    "nbf is a word": not_a_number("nbf", "soon"),
+    "nbf is true": not_a_number("nbf", True),
+    "nbf is 1e308": out_of_range("nbf", 1e308),
+    "nbf before 1970": out_of_range("nbf", -1e9),
+    "iat is a word": not_a_number("iat", "earlier"),
+    "iat is true": not_a_number("iat", True),
+    "iat is null": not_a_number("iat", None),
+    "iat is 1e308": out_of_range("iat", 1e308),
     # signature and key
     "wrong secret": Attack(
         lambda keys: hs256(claims(), OTHER_SECRET),
@@ -462,7 +571,7 @@ ATTACKS: dict[str, Attack] = {
         signed(claims()),
         AuthenticationError,
         "token has no usable 'uid' claim",
-        lambda keys: JWTAuthenticator(secret=SECRET, user_claim="uid"),
+        lambda keys: JWTAuthenticator(secret=SECRET, clock=frozen, user_claim="uid"),
     ),
     # other claims and headers
     "jti is a number": Attack(
@@ -506,15 +615,14 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-async def test_a_bad_token_is_refused_with_the_right_error_and_a_clear_message(
+def test_a_bad_token_is_refused_with_the_right_error_and_a_clear_message(
     keys: Keys, attack: Attack
 ) -> None:
     authenticator = attack.authenticator(keys)
     token = attack.token(keys)
     with pytest.raises(AuthenticationError) as caught:
-        await authenticator.authenticate(token)
+        verify(authenticator, token)
     assert type(caught.value) is attack.error
     message = str(caught.value)
     assert message == attack.message
@@ -542,51 +650,100 @@ _headers = st.dictionaries(
 )
 
 
-@pytest.mark.anyio
 @given(token=st.text())
-async def test_arbitrary_text_raises_nothing_but_authentication_errors(token: str) -> None:
+def test_arbitrary_text_raises_nothing_but_authentication_errors(token: str) -> None:
     with pytest.raises(AuthenticationError):
-        await JWTAuthenticator(secret=SECRET).authenticate(token)
+        verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)
 
 
-@pytest.mark.anyio
 @given(header=_headers, payload=_json | _claims, signature=st.binary(max_size=64))
-async def test_arbitrary_unsigned_tokens_raise_nothing_but_authentication_errors(
+def test_arbitrary_unsigned_tokens_raise_nothing_but_authentication_errors(
     header: Any, payload: Any, signature: bytes
 ) -> None:
     with pytest.raises(AuthenticationError):
-        await JWTAuthenticator(secret=SECRET).authenticate(compact(header, payload, signature))
+        verify(JWTAuthenticator(secret=SECRET, clock=frozen), compact(header, payload, signature))
 
 
 _mostly_valid_claims = st.builds(lambda changes: {**claims(), **changes}, _claims)
 
 
-@pytest.mark.anyio
 @given(payload=_mostly_valid_claims | _claims | _json, extra_header=_headers)
-async def test_correctly_signed_tokens_with_any_claims_yield_a_usable_principal_or_a_refusal(
+def test_correctly_signed_tokens_with_any_claims_yield_a_usable_principal_or_a_refusal(
     payload: Any, extra_header: dict[str, Any]
 ) -> None:
     header = {**extra_header, "alg": "HS256"}
     token = hmac_signed(header, payload, SECRET.encode(), hashlib.sha256)
     try:
-        principal = await JWTAuthenticator(secret=SECRET).authenticate(token)
+        principal = verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)
     except AuthenticationError:
         return
     assert isinstance(principal.user_id, str)
     assert 1 <= len(principal.user_id) <= 256
     assert isinstance(principal.expires_at, float)
-    assert principal.expires_at > time.time() - 1
+    assert principal.expires_at > NOW
     # Compared as JSON: NaN is in the domain, and NaN != NaN.
     assert json.dumps(principal.claims, sort_keys=True) == json.dumps(payload, sort_keys=True)
 
 
-@pytest.mark.anyio
+_time_values = (
+    st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=0, max_value=MAX_NUMERIC_DATE + 1)
+    | st.floats()
+    | st.floats(min_value=0, max_value=MAX_NUMERIC_DATE + 1)
+    | st.none()
+    | st.booleans()
+    | st.text(max_size=12)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+_TIME_REFUSALS = {
+    "token expired",
+    "token has no 'exp' claim",
+    *(f"token {claim!r} claim is not a number" for claim in ("exp", "nbf", "iat")),
+    *(OUT_OF_RANGE.format(claim) for claim in ("exp", "nbf", "iat")),
+    "token is not valid yet (nbf)",
+    "token is not valid yet (iat)",
+}
+
+
+def _a_time(value: Any) -> bool:
+    """A NumericDate notifykit accepts: a JSON number (not a boolean), 0 to the end of 9999."""
+    return type(value) in (int, float) and 0 <= value <= MAX_NUMERIC_DATE
+
+
+@given(
+    claim=st.sampled_from(["exp", "nbf", "iat"]),
+    value=_time_values,
+    leeway=st.sampled_from([0, 30]),
+)
+def test_a_time_claim_is_accepted_only_as_a_time_in_range_and_then_checked_on_the_clock(
+    claim: str, value: Any, leeway: int
+) -> None:
+    payload = {"sub": "42", "iat": NOW - DAY, "exp": NOW + DAY, claim: value}
+    token = hmac_signed({"alg": "HS256"}, payload, SECRET.encode(), hashlib.sha256)
+    auth = JWTAuthenticator(secret=SECRET, clock=frozen, leeway=leeway)
+    if claim == "exp":
+        valid_now = _a_time(value) and value > NOW - leeway
+    else:
+        valid_now = _a_time(value) and value <= NOW + leeway
+    if valid_now:
+        principal = verify(auth, token)
+        assert principal.expires_at == payload["exp"] + leeway
+        assert principal.expires_at is not None
+        assert principal.expires_at <= MAX_NUMERIC_DATE + leeway
+        return
+    with pytest.raises(AuthenticationError) as refused:
+        verify(auth, token)
+    assert str(refused.value) in _TIME_REFUSALS
+    assert (type(refused.value) is TokenExpired) == (str(refused.value) == "token expired")
+
+
 @given(sub=st.text(min_size=1, max_size=256))
-async def test_any_non_empty_string_subject_of_at_most_256_characters_is_the_user_id(
+def test_any_non_empty_string_subject_of_at_most_256_characters_is_the_user_id(
     sub: str,
 ) -> None:
     token = hmac_signed({"alg": "HS256"}, claims(sub=sub), SECRET.encode(), hashlib.sha256)
-    assert (await JWTAuthenticator(secret=SECRET).authenticate(token)).user_id == sub
+    assert (verify(JWTAuthenticator(secret=SECRET, clock=frozen), token)).user_id == sub
 
 
 # --- refused configurations -----------------------------------------------------------------
@@ -665,6 +822,10 @@ CONFIGURATIONS: dict[str, tuple[Callable[[Keys], dict[str, Any]], str]] = {
     "negative leeway": (lambda k: {"secret": SECRET, "leeway": -1}, "leeway"),
     "infinite leeway": (lambda k: {"secret": SECRET, "leeway": float("inf")}, "leeway"),
     "empty user claim": (lambda k: {"secret": SECRET, "user_claim": ""}, "user_claim"),
+    "a clock that is not callable": (
+        lambda k: {"secret": SECRET, "clock": 1_767_225_600},
+        "clock must be a callable",
+    ),
     "empty audience": (lambda k: {"secret": SECRET, "audience": ""}, "audience"),
     "empty issuer": (lambda k: {"secret": SECRET, "issuer": ""}, "issuer"),
 }
@@ -702,10 +863,9 @@ def test_the_repr_shows_the_settings_but_never_the_key() -> None:
 # --- mint_token -----------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_a_minted_token_is_accepted_by_an_authenticator_with_the_same_secret() -> None:
+def test_a_minted_token_is_accepted_by_an_authenticator_with_the_same_secret() -> None:
     token = mint_token("42", secret=SECRET, ttl=300, claims={"topics": ["team:*"]})
-    principal = await JWTAuthenticator(secret=SECRET).authenticate(token)
+    principal = verify(JWTAuthenticator(secret=SECRET), token)
     assert principal.user_id == "42"
     assert principal.claims["topics"] == ["team:*"]
     assert principal.expires_at == principal.claims["exp"]
@@ -883,10 +1043,9 @@ def test_the_policy_claim_name_must_be_a_non_empty_string() -> None:
         claim_topics_policy("")
 
 
-@pytest.mark.anyio
-async def test_the_policy_reads_the_topics_of_a_verified_token() -> None:
+def test_the_policy_reads_the_topics_of_a_verified_token() -> None:
     token = mint_token("42", secret=SECRET, claims={"topics": ["doc:42:*"]})
-    verified = await JWTAuthenticator(secret=SECRET).authenticate(token)
+    verified = verify(JWTAuthenticator(secret=SECRET), token)
     policy = claim_topics_policy()
     assert policy(verified, "doc:42:edits") is True
     assert policy(verified, "doc:43:edits") is False

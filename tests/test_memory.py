@@ -8,20 +8,22 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from notifykit.connection import Connection
-from notifykit.errors import PropagationError
+from notifykit.envelope import unstamp
+from notifykit.errors import NotRunning
 from notifykit.memory import MemoryBus, MemoryPropagator, MemorySocketState
 from notifykit.model import Principal
 from notifykit.protocols import Propagator, SocketState
 
 
 class Recorder:
-    """A deliver callback that remembers what it was given."""
+    """A deliver callback that remembers what it was given (payloads as published: the
+    history stamp is taken off; tests/test_history.py is about stamps)."""
 
     def __init__(self) -> None:
         self.deliveries: list[tuple[str, bytes]] = []
 
     def __call__(self, key: str, payload: bytes) -> None:
-        self.deliveries.append((key, payload))
+        self.deliveries.append((key, unstamp(payload)[1]))
 
 
 @pytest.fixture
@@ -48,14 +50,14 @@ def test_memory_implementations_satisfy_the_runtime_protocols() -> None:
 
 
 @pytest.mark.anyio
-async def test_publishing_before_start_raises_propagation_error() -> None:
-    with pytest.raises(PropagationError, match="not started"):
+async def test_publishing_before_start_raises_not_running() -> None:
+    with pytest.raises(NotRunning, match="not started"):
         await MemoryPropagator().publish(["u:1"], b"x")
 
 
 @pytest.mark.anyio
-async def test_subscribing_before_start_raises_propagation_error() -> None:
-    with pytest.raises(PropagationError, match="not started"):
+async def test_subscribing_before_start_raises_not_running() -> None:
+    with pytest.raises(NotRunning, match="not started"):
         await MemoryPropagator().subscribe(["u:1"])
 
 
@@ -69,11 +71,11 @@ async def test_starting_twice_raises_runtime_error() -> None:
 
 
 @pytest.mark.anyio
-async def test_publishing_after_aclose_raises_propagation_error() -> None:
+async def test_publishing_after_aclose_raises_not_running() -> None:
     propagator = MemoryPropagator()
     await propagator.start(Recorder())
     await propagator.aclose()
-    with pytest.raises(PropagationError):
+    with pytest.raises(NotRunning):
         await propagator.publish(["u:1"], b"x")
 
 
@@ -163,7 +165,7 @@ async def test_the_bus_forgets_a_key_when_its_last_subscriber_leaves() -> None:
 
 @pytest.mark.anyio
 async def test_statistics_count_publishes_deliveries_and_subscriptions() -> None:
-    bus = MemoryBus()
+    bus = MemoryBus(history_size=0)
     sender, receiver = MemoryPropagator(bus), MemoryPropagator(bus)
     await sender.start(Recorder())
     await receiver.start(Recorder())

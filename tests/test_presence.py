@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from servers import RedisClusterServers, RedisServer
 
 from notifykit.errors import ConfigurationError, PropagationError
-from notifykit.presence import MemoryPresence
+from notifykit.memory import MemoryPresence
 from notifykit.protocols import Presence
 from notifykit.redis.presence import BUCKETS, RedisPresence
 from notifykit.testing.presence_checks import (
@@ -70,7 +70,13 @@ def redis_presences(url: str, *, cluster: bool = False, ttl: float = 30.0) -> Pr
     return factory
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ]
+)
 def presences(request: pytest.FixtureRequest) -> PresenceFactory:
     """A presence factory for each implementation notifykit ships."""
     if request.param == "memory":
@@ -82,7 +88,12 @@ def presences(request: pytest.FixtureRequest) -> PresenceFactory:
     return redis_presences(cluster.url, cluster=True)
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ]
+)
 def redis_url(request: pytest.FixtureRequest) -> tuple[str, bool]:
     """``(url, cluster)`` for one Redis and for the shared Redis Cluster."""
     if request.param == "redis":
@@ -227,6 +238,7 @@ CRASHING_INSTANCE = textwrap.dedent(
 )
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_users_of_a_crashed_instance_disappear_within_the_ttl(
     redis_url: tuple[str, bool],
@@ -255,6 +267,7 @@ async def test_users_of_a_crashed_instance_disappear_within_the_ttl(
         assert await observer.online_count() == 1
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_a_crashed_instance_leaves_no_keys_behind(redis_server: RedisServer) -> None:
     crashed = RedisPresence(redis_server.url, prefix="leftovers", ttl=TTL, instance_id="gone")
@@ -273,6 +286,7 @@ async def test_a_crashed_instance_leaves_no_keys_behind(redis_server: RedisServe
     await eventually(no_user_key, "the dead user's key expiring", TTL * 3)
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_a_heartbeat_keeps_users_online_past_the_ttl(redis_url: tuple[str, bool]) -> None:
     url, cluster = redis_url
@@ -295,6 +309,7 @@ async def test_a_heartbeat_keeps_users_online_past_the_ttl(redis_url: tuple[str,
 # -- Redis: outages and restarts ------------------------------------------------------------
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_presence_is_registered_again_after_redis_restarts_empty(
     redis_server: RedisServer,
@@ -333,6 +348,7 @@ async def test_presence_is_registered_again_after_redis_restarts_empty(
         assert await b.online_users() == ["loyal"]
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_start_succeeds_while_redis_is_down_and_registers_once_it_is_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -358,6 +374,7 @@ async def test_start_succeeds_while_redis_is_down_and_registers_once_it_is_up(
     assert "heartbeat failed" in caplog.text
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_aclose_while_redis_is_down_returns_and_leaks_no_task(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
@@ -375,6 +392,7 @@ async def test_aclose_while_redis_is_down_returns_and_leaks_no_task(
 # -- Redis: batching and concurrency --------------------------------------------------------
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_a_reconnect_storm_is_written_in_a_few_round_trips(
     redis_url: tuple[str, bool],
@@ -395,6 +413,7 @@ async def test_a_reconnect_storm_is_written_in_a_few_round_trips(
         assert len(await b.connections_of("user-7")) == 4
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_a_cancelled_connected_call_still_registers_the_connection(
     redis_server: RedisServer,
@@ -412,6 +431,7 @@ async def test_a_cancelled_connected_call_still_registers_the_connection(
         await eventually(registered, "the cancelled caller's connection being written")
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_prefixes_keep_deployments_apart(redis_server: RedisServer) -> None:
     async with (
@@ -424,6 +444,7 @@ async def test_prefixes_keep_deployments_apart(redis_server: RedisServer) -> Non
         assert await two.online_count() == 0
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_user_ids_that_are_not_valid_unicode_round_trip(redis_server: RedisServer) -> None:
     odd = "lone \ud800 surrogate"  # JSON allows "\ud800"; UTF-8 does not
@@ -438,6 +459,7 @@ async def test_user_ids_that_are_not_valid_unicode_round_trip(redis_server: Redi
         assert not await b.is_online(odd)
 
 
+@pytest.mark.redis
 def test_the_online_indexes_spread_over_every_master_of_a_cluster(
     redis_cluster: RedisClusterServers,
 ) -> None:
@@ -448,6 +470,7 @@ def test_the_online_indexes_spread_over_every_master_of_a_cluster(
     assert owners == {node.port for node in redis_cluster.nodes}
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_a_users_key_and_index_share_a_slot(redis_server: RedisServer) -> None:
     async with started(RedisPresence(redis_server.url, prefix="slots")) as presence:
@@ -493,6 +516,7 @@ def test_redis_presence_is_a_presence() -> None:
     assert isinstance(MemoryPresence(), Presence)
 
 
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_presence_is_registered_again_after_a_cluster_node_restarts_empty(
     fresh_redis_cluster: RedisClusterServers,

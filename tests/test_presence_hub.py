@@ -7,8 +7,9 @@ from collections.abc import Mapping
 import httpx
 import pytest
 
-from notifykit import Hub, JWTAuthenticator, MemoryBus, MemoryPropagator, PropagationError
-from notifykit.presence import MemoryPresence
+from notifykit import Hub, JWTAuthenticator, PropagationError
+from notifykit.adapters.asgi import NotifyApp
+from notifykit.memory import MemoryBus, MemoryPresence, MemoryPropagator
 from notifykit.testing import inbox
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +77,7 @@ async def test_hub_statistics_include_presence_counters() -> None:
 
 
 def client(hub: Hub) -> httpx.AsyncClient:
-    app = hub.asgi_app(JWTAuthenticator(secret=SECRET), api_key="key")
+    app = NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key="key")
     return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://nk")
 
 

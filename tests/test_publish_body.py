@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from notifykit.adapters.asgi.publish import PublishRequest, parse_publish
 from notifykit.errors import InvalidNotification
 from notifykit.model import ToAuthenticated, ToEveryone, ToTopic, ToUsers
-from notifykit.publish import PublishRequest, parse_publish
 
 
 def body(**fields: Any) -> bytes:
@@ -69,7 +69,7 @@ BAD_BODIES = [
     pytest.param(b"event=e&user=42", "not valid JSON", id="form-encoded"),
     pytest.param(b'{"event":"e",', "not valid JSON", id="truncated"),
     pytest.param(b"\xff\xfe\x00", "not valid JSON", id="not-utf8"),
-    pytest.param(b"[" * 100_000, "not valid JSON", id="deeply-nested"),
+    pytest.param(b"[" * 100_000, "deeper than data may", id="deeply-nested"),
     pytest.param(b"[]", "must be a JSON object", id="array"),
     pytest.param(b'"e"', "must be a JSON object", id="string"),
     pytest.param(b"null", "must be a JSON object", id="null"),
@@ -77,34 +77,30 @@ BAD_BODIES = [
     pytest.param(
         body(event="e", user="1", b=1, a=2), "unknown field(s): a, b", id="unknown-fields-sorted"
     ),
-    pytest.param(body(user="1"), '"event" must be a non-empty string', id="no-event"),
-    pytest.param(body(event="", user="1"), '"event" must be a non-empty string', id="empty-event"),
-    pytest.param(body(event=7, user="1"), '"event" must be a non-empty string', id="int-event"),
-    pytest.param(body(event=None, user="1"), '"event" must be a non-empty string', id="null-event"),
+    pytest.param(body(user="1"), "event must be a non-empty string", id="no-event"),
+    pytest.param(body(event="", user="1"), "event must be a non-empty string", id="empty-event"),
+    pytest.param(body(event=7, user="1"), "event must be a non-empty string", id="int-event"),
+    pytest.param(body(event=None, user="1"), "event must be a non-empty string", id="null-event"),
     pytest.param(body(event="e"), "exactly one target", id="no-target"),
     pytest.param(body(event="e", data=1), "exactly one target", id="data-but-no-target"),
     pytest.param(body(event="e", user="1", topic="t"), "exactly one target", id="two-targets"),
     pytest.param(
         body(event="e", authenticated=True, broadcast=True), "exactly one target", id="two-flags"
     ),
-    pytest.param(body(event="e", user=42), '"user" must be a string', id="int-user"),
-    pytest.param(body(event="e", user=["42"]), '"user" must be a string', id="list-user"),
-    pytest.param(body(event="e", user=None), '"user" must be a string', id="null-user"),
+    pytest.param(body(event="e", user=42), "user id", id="int-user"),
+    pytest.param(body(event="e", user=["42"]), "user id", id="list-user"),
+    pytest.param(body(event="e", user=None), "user id", id="null-user"),
     pytest.param(body(event="e", user=""), "user id", id="empty-user"),
     pytest.param(body(event="e", user="x" * 257), "user id", id="long-user"),
-    pytest.param(body(event="e", users="42"), '"users" must be a list of strings', id="str-users"),
+    pytest.param(body(event="e", users="42"), '"users" must be a list of user ids', id="str-users"),
+    pytest.param(body(event="e", users=[1, 2]), "user id", id="int-users"),
+    pytest.param(body(event="e", users=["1", None]), "user id", id="null-in-users"),
     pytest.param(
-        body(event="e", users=[1, 2]), '"users" must be a list of strings', id="int-users"
-    ),
-    pytest.param(
-        body(event="e", users=["1", None]), '"users" must be a list of strings', id="null-in-users"
-    ),
-    pytest.param(
-        body(event="e", users={"a": 1}), '"users" must be a list of strings', id="object-users"
+        body(event="e", users={"a": 1}), '"users" must be a list of user ids', id="object-users"
     ),
     pytest.param(body(event="e", users=[]), "at least one user", id="empty-users"),
     pytest.param(body(event="e", users=["1", ""]), "user id", id="empty-user-in-users"),
-    pytest.param(body(event="e", topic=7), '"topic" must be a string', id="int-topic"),
+    pytest.param(body(event="e", topic=7), "topic name", id="int-topic"),
     pytest.param(body(event="e", topic=""), "topic name", id="empty-topic"),
     pytest.param(body(event="e", topic="a b"), "topic name", id="invalid-topic"),
     pytest.param(body(event="e", topic="t" * 257), "topic name", id="long-topic"),
@@ -120,11 +116,11 @@ BAD_BODIES = [
     ),
     pytest.param(body(event="e", broadcast=None), '"broadcast" must be true', id="broadcast-null"),
     pytest.param(
-        body(event="e", user="1", exclude=5), '"exclude" must be a connection id', id="int-exclude"
+        body(event="e", user="1", exclude=5), "exclude must be a connection id", id="int-exclude"
     ),
     pytest.param(
         body(event="e", user="1", exclude=["c"]),
-        '"exclude" must be a connection id',
+        "exclude must be a connection id",
         id="list-exclude",
     ),
 ]

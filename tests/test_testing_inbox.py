@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from notifykit import Hub, PropagationError
 from notifykit.memory import MemoryPropagator
+from notifykit.protocols import Deliver
 from notifykit.testing import Inbox, inbox
 
 pytestmark = pytest.mark.anyio
@@ -58,6 +62,13 @@ async def test_the_several_instances_example_in_docs_testing_md_passes() -> None
     await namespace["example"]()
 
 
+async def test_the_injected_clock_example_in_docs_testing_md_passes() -> None:
+    namespace: dict[str, Any] = {}
+    (block,) = [block for block in doc_blocks() if "clock=lambda" in block]
+    exec(compile(block, str(DOC), "exec"), namespace)
+    await namespace["test_a_token_is_refused_once_its_exp_has_passed"]()
+
+
 def test_every_notifykit_name_the_docs_import_exists() -> None:
     for block in doc_blocks():
         for node in ast.walk(ast.parse(block)):
@@ -81,14 +92,17 @@ async def test_next_returns_notifications_one_at_a_time_in_order(hub: Hub) -> No
 
 async def test_next_waits_for_a_notification_published_later(hub: Hub) -> None:
     async with inbox(hub, "1") as box:
+        received: list[str] = []
 
-        async def publish_soon() -> None:
-            await anyio.sleep(0.05)
-            await hub.notify_user("1", "later")
+        async def read() -> None:
+            received.append((await box.next()).event)
 
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(publish_soon)
-            assert (await box.next()).event == "later"
+            tasks.start_soon(read)
+            await anyio.wait_all_tasks_blocked()  # the reader is waiting inside next()
+            assert received == []
+            await hub.notify_user("1", "later")
+        assert received == ["later"]
 
 
 async def test_next_raises_timeout_error_when_nothing_arrives(hub: Hub) -> None:
@@ -153,6 +167,115 @@ async def test_assert_nothing_raises_when_something_arrived(hub: Hub) -> None:
         await hub.notify_user("1", "surprise")
         with pytest.raises(AssertionError, match="surprise"):
             await box.assert_nothing()
+
+
+class LateOnSomeKeys(MemoryPropagator):
+    """Delivers the payloads of some keys ``LATENCY`` seconds late, in order per key, as a
+    remote backend does (on Redis Cluster each key has its own shard and connection)."""
+
+    LATENCY = 0.06  # seconds: more than assert_nothing used to sleep instead of proving
+
+    def __init__(self, tasks: TaskGroup, late: Callable[[str], bool]) -> None:
+        super().__init__()
+        self._tasks = tasks
+        self._late = late
+        self._lines: dict[str, MemoryObjectSendStream[bytes]] = {}
+
+    async def start(self, deliver: Deliver) -> None:
+        def deliver_in_order(key: str, payload: bytes) -> None:
+            if not self._late(key):
+                deliver(key, payload)
+                return
+            if key not in self._lines:
+                self._lines[key], line = anyio.create_memory_object_stream[bytes](100)
+                self._tasks.start_soon(self._carry, key, line, deliver)
+            self._lines[key].send_nowait(payload)
+
+        await super().start(deliver_in_order)
+
+    async def _carry(
+        self, key: str, line: MemoryObjectReceiveStream[bytes], deliver: Deliver
+    ) -> None:
+        async with line:
+            async for payload in line:
+                await anyio.sleep(self.LATENCY)  # the simulated network, not a synchronization
+                deliver(key, payload)
+
+    async def aclose(self) -> None:
+        for line in self._lines.values():
+            line.close()
+        await super().aclose()
+
+
+@asynccontextmanager
+async def late_hub(late: Callable[[str], bool]) -> AsyncIterator[Hub]:
+    """A running hub whose propagator delivers the keys ``late`` chooses late."""
+    async with anyio.create_task_group() as tasks, Hub(LateOnSomeKeys(tasks, late)) as running:
+        yield running
+
+
+async def test_assert_nothing_catches_a_notification_still_on_its_way() -> None:
+    async with late_hub(lambda key: True) as hub, inbox(hub, "1") as box:
+        await hub.notify_user("1", "surprise")
+        assert box.events == []  # not delivered yet
+        with pytest.raises(AssertionError, match="surprise"):
+            await box.assert_nothing()
+
+
+async def test_assert_nothing_waits_for_every_key_the_inbox_listens_on() -> None:
+    # Topics are late, the user's own key is not: a sentinel to the user alone would come back
+    # before the topic notification does.
+    async with (
+        late_hub(lambda key: key.startswith("t:")) as hub,
+        inbox(hub, "1", topics=["news"]) as box,
+    ):
+        await hub.notify_topic("news", "headline")
+        with pytest.raises(AssertionError, match="headline"):
+            await box.assert_nothing()
+
+
+async def test_assert_nothing_passes_once_the_sentinels_are_back_on_a_late_propagator() -> None:
+    async with (
+        late_hub(lambda key: True) as hub,
+        inbox(hub, "1", topics=["news"]) as box,
+        inbox(hub, "2") as other,
+    ):
+        await hub.notify_user("2", "for someone else")
+        await box.assert_nothing()
+        assert (await other.next()).event == "for someone else"
+
+
+async def test_assert_nothing_raises_timeout_error_when_its_sentinels_never_come_back() -> None:
+    class DeliversNothing(MemoryPropagator):
+        async def start(self, deliver: Deliver) -> None:
+            await super().start(lambda key, payload: None)
+
+    async with Hub(DeliversNothing()) as hub, inbox(hub, "1") as box:
+        with pytest.raises(TimeoutError, match=r"did not come back within 0\.05 s"):
+            await box.assert_nothing(timeout=0.05)
+
+
+async def test_sentinels_reach_no_inbox(hub: Hub) -> None:
+    async with (
+        inbox(hub, "1", topics=["news"]) as tab1,
+        inbox(hub, "1", topics=["news"]) as tab2,
+        inbox(hub, None) as visitor,
+    ):
+        await tab1.assert_nothing()
+        await visitor.assert_nothing()
+        assert (tab1.events, tab2.events, visitor.events) == ([], [], [])
+        # tab1: everyone, user 1, authenticated, topic news; the anonymous visitor: everyone
+        assert hub.propagator.statistics()["published"] == 5
+        await hub.notify_user("1", "real")
+        assert tab2.events == ["real"]
+
+
+async def test_a_closed_inbox_is_checked_without_a_round_trip(hub: Hub) -> None:
+    async with inbox(hub, "1") as box:
+        pass
+    published = hub.propagator.statistics()["published"]
+    await box.assert_nothing()
+    assert hub.propagator.statistics()["published"] == published
 
 
 async def test_assert_nothing_ignores_what_next_already_returned(hub: Hub) -> None:

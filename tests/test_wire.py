@@ -26,6 +26,7 @@ from notifykit.wire import (
     Notification,
     Ping,
     Pong,
+    Position,
     Refresh,
     Refreshed,
     ServerFrame,
@@ -37,7 +38,9 @@ from notifykit.wire import (
     encode,
     encode_notification,
     parse_client,
+    parse_positions,
     parse_server,
+    with_position,
 )
 
 PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -134,17 +137,108 @@ def test_encoding_keeps_non_ascii_text_as_is() -> None:
 
 def test_welcome() -> None:
     assert_server_frame(
-        '{"type":"welcome","connection_id":"c1","user":"42","expires_at":1700000000}',
+        '{"type":"welcome","connection_id":"c1","user":"42","expires_at":1700000000,'
+        '"positions":{}}',
         Welcome("c1", "42", 1700000000),
     )
 
 
 def test_welcome_without_expiry_leaves_expires_at_out() -> None:
-    assert_server_frame('{"type":"welcome","connection_id":"c1","user":"42"}', Welcome("c1", "42"))
+    assert_server_frame(
+        '{"type":"welcome","connection_id":"c1","user":"42","positions":{}}', Welcome("c1", "42")
+    )
 
 
 def test_anonymous_welcome_keeps_user_as_null() -> None:
-    assert_server_frame('{"type":"welcome","connection_id":"c1","user":null}', Welcome("c1", None))
+    assert_server_frame(
+        '{"type":"welcome","connection_id":"c1","user":null,"positions":{}}', Welcome("c1", None)
+    )
+
+
+def test_welcome_gives_positions_and_after_a_resume_whether_it_recovered() -> None:
+    assert_server_frame(
+        '{"type":"welcome","connection_id":"c1","user":"42","positions":'
+        '{"u:42":{"epoch":"ab12","offset":17},"all":{"epoch":"cd34","offset":0}},'
+        '"recovered":false}',
+        Welcome(
+            "c1", "42", None, {"u:42": Position("ab12", 17), "all": Position("cd34", 0)}, False
+        ),
+    )
+
+
+def test_a_notification_carries_its_place_in_its_stream() -> None:
+    assert_server_frame(
+        '{"type":"notification","id":"0ABC","event":"e","data":1,"ts":5,'
+        '"stream":"u:42","offset":3,"epoch":"ab12"}',
+        Notification("0ABC", "e", 1, 5, None, "u:42", 3, "ab12"),
+    )
+
+
+def test_with_position_escapes_the_stream_name() -> None:
+    frame = with_position(encode(Notification("0ABC", "e", 1, 5)), 'u:"x\\', Position("e1", 9))
+    assert parse_server(frame) == Notification("0ABC", "e", 1, 5, None, 'u:"x\\', 9, "e1")
+
+
+def test_subscribed_gives_the_topic_position_and_after_since_whether_it_recovered() -> None:
+    assert_server_frame(
+        '{"type":"subscribed","topic":"news","ref":"s1","position":{"epoch":"ab","offset":4},'
+        '"recovered":true}',
+        Subscribed("news", "s1", Position("ab", 4), True),
+    )
+
+
+def test_subscribe_may_say_since_where() -> None:
+    assert parse_client(
+        '{"type":"subscribe","topic":"news","since":{"epoch":"ab","offset":4}}'
+    ) == Subscribe("news", None, Position("ab", 4))
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        pytest.param("3", id="string"),
+        pytest.param({"epoch": "ab"}, id="no-offset"),
+        pytest.param({"offset": 3}, id="no-epoch"),
+        pytest.param({"epoch": "ab", "offset": -1}, id="negative"),
+        pytest.param({"epoch": "ab", "offset": True}, id="bool"),
+        pytest.param({"epoch": "ab", "offset": 1.5}, id="float"),
+        pytest.param({"epoch": "a b", "offset": 1}, id="bad-epoch"),
+        pytest.param({"epoch": "", "offset": 1}, id="empty-epoch"),
+        pytest.param({"epoch": "a" * 65, "offset": 1}, id="long-epoch"),
+        pytest.param({"epoch": "ab", "offset": 2**63}, id="huge"),
+    ],
+)
+def test_subscribe_refuses_a_since_that_is_no_position(since: object) -> None:
+    frame = json.dumps({"type": "subscribe", "topic": "news", "since": since, "ref": "r"})
+    with pytest.raises(ProtocolError) as info:
+        parse_client(frame)
+    assert info.value.code == ErrorCode.BAD_FRAME
+    assert info.value.ref == "r"
+
+
+def test_resume_positions_parse() -> None:
+    assert parse_positions('{"u:42":{"epoch":"ab","offset":3}}') == {"u:42": Position("ab", 3)}
+    assert parse_positions("{}") == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("not json", id="not-json"),
+        pytest.param("[]", id="array"),
+        pytest.param('{"u:1": 3}', id="not-a-position"),
+        pytest.param('{"": {"epoch": "ab", "offset": 1}}', id="empty-stream"),
+        pytest.param(json.dumps({"x" * 301: {"epoch": "ab", "offset": 1}}), id="long-stream"),
+        pytest.param(
+            json.dumps({f"s{i}": {"epoch": "ab", "offset": 1} for i in range(17)}), id="too-many"
+        ),
+        pytest.param('{"u:1": {"epoch": "ab", "offset": NaN}}', id="nan"),
+        pytest.param("[" * 100_000, id="deep"),
+    ],
+)
+def test_resume_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_positions(text)
 
 
 def test_notification() -> None:
@@ -243,7 +337,7 @@ BAD_CLIENT_FRAMES = [
     pytest.param('{"type":"subscribe","topic":7}', ErrorCode.BAD_FRAME, id="number-topic"),
     pytest.param('{"type":"subscribe","topic":null}', ErrorCode.BAD_FRAME, id="null-topic"),
     pytest.param(
-        json.dumps({"type": "subscribe", "topic": "t" * 257}), ErrorCode.BAD_FRAME, id="long-topic"
+        json.dumps({"type": "subscribe", "topic": ""}), ErrorCode.BAD_FRAME, id="empty-topic"
     ),
     pytest.param('{"type":"unsubscribe"}', ErrorCode.BAD_FRAME, id="unsubscribe-no-topic"),
     pytest.param('{"type":"refresh"}', ErrorCode.BAD_FRAME, id="refresh-no-token"),

@@ -14,8 +14,10 @@ on the command line wins over the environment. Exit codes: 0 done, 1 failed at r
 (server unreachable or refused the request), 2 bad flags or settings (one line on stderr, never
 a traceback), 3 the server could not start (port in use, startup failed). See ``docs/cli.md``.
 
-Modules: :mod:`.settings` (the flag/environment table), :mod:`.serve` and :mod:`.backends`
-(``serve`` and what it propagates with), :mod:`.client` (``token`` and ``publish``).
+Modules: :mod:`.settings` (every setting flag, its variable and its checks, read into one
+immutable value), :mod:`.serve` and :mod:`.backends` (``serve`` and what it propagates with),
+:mod:`.server` (uvicorn: the shutdown sequence and the guards in front of its protocols),
+:mod:`.logs` (token redaction), :mod:`.client` (``token`` and ``publish``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from ..errors import ConfigurationError
 from .client import add_publish_parser, add_token_parser
 from .serve import add_serve_parser
-from .settings import SETTINGS, CommandFailed, UsageError, read_environment, say_error
+from .settings import SETTINGS, CommandFailed, Settings, UsageError, read_settings, say_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -39,9 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``notifykit`` command line and return its exit code."""
     args = build_parser().parse_args(argv)
     try:
-        read_environment(args, os.environ)
-        handler: Callable[[argparse.Namespace], int] = args.handler
-        return handler(args)
+        settings = read_settings(args, os.environ)
+        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        return handler(args, settings)
     except (UsageError, ConfigurationError) as exc:
         say_error(str(exc))
         return 2
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time notifications to authenticated users over websockets.",
         epilog="Every setting flag --foo-bar also reads NOTIFYKIT_FOO_BAR. See docs/cli.md.",
     )
+    parser.add_argument("--version", action="version", version=f"notifykit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_parser(commands)
     add_token_parser(commands)

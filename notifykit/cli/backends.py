@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..errors import ConfigurationError
 from .settings import DEFAULT_PRESENCE_TTL, DEFAULT_REDIS_PREFIX, UsageError
 
 if TYPE_CHECKING:
-    import argparse
-
     from ..protocols import Presence, Propagator
+    from .settings import Settings
 
 __all__ = ["Backends", "build_backends", "generate_instance_id"]
 
@@ -48,33 +48,49 @@ def generate_instance_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def build_backends(args: argparse.Namespace) -> Backends:
+def build_backends(settings: Settings) -> Backends:
     """The backends the settings describe; raises :class:`UsageError` (or
     :class:`~notifykit.errors.ConfigurationError`) for settings that cannot work."""
-    if args.redis_url and args.redis_cluster_url:
+    if settings.redis_url and settings.redis_cluster_url:
         raise UsageError("give --redis-url or --redis-cluster-url, not both")
-    instance_id = args.instance_id or generate_instance_id()
+    instance_id = settings.instance_id or generate_instance_id()
     if not _INSTANCE_ID.fullmatch(instance_id):
         raise UsageError(
             "--instance-id must be 1 to 128 printable ASCII characters, without spaces or '/'"
         )
-    url: str | None = args.redis_url or args.redis_cluster_url
+    url: str | None = settings.redis_url or settings.redis_cluster_url
     if not url:
         for name in ("redis_prefix", "presence_ttl"):
-            if getattr(args, name) is not None:
+            if getattr(settings, name) is not None:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} needs --redis-url or --redis-cluster-url")
-        return Backends(None, None, instance_id, "in-memory propagation (a single instance)")
+        from ..memory import MemoryPropagator
 
-    cluster = not args.redis_url
-    prefix = args.redis_prefix if args.redis_prefix is not None else DEFAULT_REDIS_PREFIX
-    ttl = args.presence_ttl if args.presence_ttl is not None else DEFAULT_PRESENCE_TTL
-    if not ttl > 0:  # also refuses NaN
-        raise UsageError("--presence-ttl must be a number of seconds above 0")
+        memory = MemoryPropagator(
+            history_size=settings.history_size, history_ttl=settings.history_ttl
+        )
+        return Backends(
+            memory,
+            None,
+            instance_id,
+            f"in-memory propagation (a single instance); {_history(settings)}",
+        )
+
+    cluster = not settings.redis_url
+    prefix = settings.redis_prefix if settings.redis_prefix is not None else DEFAULT_REDIS_PREFIX
+    ttl = settings.presence_ttl if settings.presence_ttl is not None else DEFAULT_PRESENCE_TTL
     flag = "--redis-cluster-url" if cluster else "--redis-url"
     where = _where(url, flag)
 
     from ..redis import RedisPresence, propagator_from_url
+    from ..redis.propagator import channel_prefix
+
+    try:  # checked apart from the URL, so that the error names the flag at fault
+        channel_prefix(prefix)
+    except ConfigurationError as exc:
+        raise UsageError(f"--redis-prefix {prefix!r}: {exc}") from None
+    if cluster and ("{" in prefix or "}" in prefix):  # the cluster propagator's own rule
+        raise UsageError(f"--redis-prefix {prefix!r}: a cluster prefix must not contain {{ or }}")
 
     try:
         propagator = propagator_from_url(
@@ -88,6 +104,12 @@ def build_backends(args: argparse.Namespace) -> Backends:
     kind = "Redis Cluster" if cluster else "Redis"
     description = f"{kind} at {where} (prefix {prefix!r}, presence ttl {ttl:g} s)"
     return Backends(propagator, presence, instance_id, description)
+
+
+def _history(settings: Settings) -> str:
+    if settings.history_size == 0:
+        return "no history"
+    return f"history: {settings.history_size} per stream, {settings.history_ttl:g} s"
 
 
 def _where(url: str, flag: str) -> str:

@@ -11,14 +11,15 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from ..jwt import mint_token
-from .settings import CommandFailed, UsageError, add_setting
+from .settings import CommandFailed, UsageError, add_settings
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
 
+    from .settings import Settings
+
 __all__ = [
-    "add_jwt_settings",
     "add_publish_parser",
     "add_token_parser",
     "claims_for",
@@ -27,14 +28,14 @@ __all__ = [
     "token_command",
 ]
 
-
-def add_jwt_settings(parser: argparse.ArgumentParser) -> None:
-    """The JWT flags ``serve`` and ``token`` share."""
-    add_setting(parser, "--jwt-secret", "shared HMAC secret (32+ bytes for HS256)")
-    add_setting(parser, "--jwt-algorithm", "allowed JWT algorithm; repeat", repeat=True)
-    add_setting(parser, "--jwt-audience", "required 'aud' claim")
-    add_setting(parser, "--jwt-issuer", "required 'iss' claim")
-    add_setting(parser, "--user-claim", "claim holding the user id")
+_CLAIM_FLAGS = {
+    "sub": "--user",
+    "iat": "--ttl",
+    "exp": "--ttl",
+    "aud": "--jwt-audience",
+    "iss": "--jwt-issuer",
+}
+"""The claims ``token`` sets from its own flags, which ``--claim`` may not set."""
 
 
 # --- token --------------------------------------------------------------------------------
@@ -50,45 +51,46 @@ def add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     token.add_argument(
         "--claim", action="append", default=[], metavar="K=V", help="extra claim; repeat"
     )
-    add_jwt_settings(token)
-    add_setting(token, "--topics-claim", "claim that --topics fills")
+    add_settings(token, "token")
 
 
-def token_command(args: argparse.Namespace) -> int:
+def token_command(args: argparse.Namespace, settings: Settings) -> int:
     """``notifykit token``: print only the token, so ``$(notifykit token ...)`` works."""
-    if not args.jwt_secret:
+    if not settings.jwt_secret:
         raise UsageError(
             "no JWT secret: pass --jwt-secret or set NOTIFYKIT_JWT_SECRET "
             "(notifykit token signs with HMAC: HS256, HS384 or HS512)"
         )
     extra: dict[str, Any] = {}
     if args.topics is not None:
-        extra[args.topics_claim] = [t.strip() for t in args.topics.split(",") if t.strip()]
+        extra[settings.topics_claim] = [t.strip() for t in args.topics.split(",") if t.strip()]
     for item in args.claim:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--claim {item!r}: expected NAME=VALUE")
+        if key in _CLAIM_FLAGS:
+            raise UsageError(f"--claim {key}: set {key!r} with {_CLAIM_FLAGS[key]}")
         try:
             extra[key] = json.loads(raw)
         except ValueError:
             extra[key] = raw  # not JSON: the plain string
     token = mint_token(
         args.user,
-        secret=args.jwt_secret,
+        secret=settings.jwt_secret,
         ttl=args.ttl,
-        algorithm=(args.jwt_algorithm or ["HS256"])[0],
-        claims=claims_for(args, args.user, extra),
-        audience=args.jwt_audience,
-        issuer=args.jwt_issuer,
+        algorithm=(settings.jwt_algorithm or ("HS256",))[0],
+        claims=claims_for(settings, args.user, extra),
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
     print(token)
     return 0
 
 
-def claims_for(args: argparse.Namespace, user: str, claims: dict[str, Any]) -> dict[str, Any]:
+def claims_for(settings: Settings, user: str, claims: dict[str, Any]) -> dict[str, Any]:
     """``claims`` plus the user id under ``--user-claim`` when that is not ``sub``."""
-    if args.user_claim != "sub":
-        claims = {**claims, args.user_claim: user}
+    if settings.user_claim != "sub":
+        claims = {**claims, settings.user_claim: user}
     return claims
 
 
@@ -109,13 +111,12 @@ def add_publish_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     publish.add_argument("--data", help="the payload as JSON (default: null)")
     publish.add_argument("--exclude", metavar="CONN", help="connection id not to send it to")
     publish.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
-    add_setting(publish, "--url", "base URL of the notifykit service")
-    add_setting(publish, "--api-key", "the publish API key (the first of a list in the env)")
+    add_settings(publish, "publish")
 
 
-def publish_command(args: argparse.Namespace) -> int:
+def publish_command(args: argparse.Namespace, settings: Settings) -> int:
     """``notifykit publish``: POST the notification and print its id."""
-    if not args.api_key:
+    if not settings.api_key:
         raise UsageError("no API key: pass --api-key or set NOTIFYKIT_API_KEY")
     body: dict[str, Any] = {"event": args.event}
     if args.data is not None:
@@ -135,9 +136,8 @@ def publish_command(args: argparse.Namespace) -> int:
         body["authenticated" if args.authenticated else "broadcast"] = True
     if args.exclude:
         body["exclude"] = args.exclude
-    # A flag gives one key; NOTIFYKIT_API_KEY may hold serve's comma-separated list.
-    key = args.api_key if isinstance(args.api_key, str) else args.api_key[0]
-    print(post_publish(args.url, key, body, args.timeout))
+    # NOTIFYKIT_API_KEY may hold serve's comma-separated list: publish uses the first key.
+    print(post_publish(settings.url, settings.api_key[0], body, args.timeout))
     return 0
 
 

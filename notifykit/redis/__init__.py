@@ -5,6 +5,8 @@
   (``SPUBLISH``/``SSUBSCRIBE``, Redis 7+), one subscriber connection per shard.
 * :class:`RedisPresence` — cluster-wide presence with per-instance heartbeats.
 * :func:`propagator_from_url` — build either from settings (what the CLI uses).
+* :class:`RedisSyncPublisher` — publish from synchronous code (Django views, Celery tasks),
+  with no event loop and no hub.
 
 Design, configuration and outage behaviour: ``docs/redis.md``.
 """
@@ -16,8 +18,15 @@ from typing import Any
 from .cluster import RedisClusterPropagator
 from .presence import RedisPresence
 from .propagator import RedisPropagator
+from .sync import RedisSyncPublisher
 
-__all__ = ["RedisClusterPropagator", "RedisPresence", "RedisPropagator", "propagator_from_url"]
+__all__ = [
+    "RedisClusterPropagator",
+    "RedisPresence",
+    "RedisPropagator",
+    "RedisSyncPublisher",
+    "propagator_from_url",
+]
 
 
 def propagator_from_url(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from redis.exceptions import ResponseError
 
+    from ..model import StreamHistory
     from ..protocols import Deliver
 
 __all__ = ["RedisPropagator"]
@@ -160,6 +161,14 @@ class RedisPropagator:
             subscriber.unwant(channel)
             self._waiters.release(channel)
         await asyncio.sleep(0)
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        """No history yet on Redis: nothing to wait for."""
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        """No history yet on Redis: ``{}`` (clients are told positions only when a history is
+        kept; a resume is answered ``recovered: false``)."""
+        return {}
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         """``PUBLISH`` ``payload`` to each key's channel, pipelined with concurrent calls.

@@ -6,6 +6,6 @@ conformance suite: the contracts of :mod:`notifykit.protocols` as executable che
 implementation must pass.
 """
 
-from .inbox import Inbox, inbox
+from .inbox import SENTINEL_EVENT, Inbox, inbox
 
-__all__ = ["Inbox", "inbox"]
+__all__ = ["SENTINEL_EVENT", "Inbox", "inbox"]

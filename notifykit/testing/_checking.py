@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["STAT_NAME", "TIMEOUT", "bounded", "expect", "short"]
 
-TIMEOUT = 5.0  # seconds any one wait (delivery, subscribe, publish, aclose) may take
+TIMEOUT = 5.0
+"""The default ``timeout`` of every check: seconds any one wait (a delivery, a subscribe, a
+publish, an ``aclose``...) may take before the check fails."""
 STAT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -34,10 +36,10 @@ def short(value: object) -> str:
 
 
 @contextmanager
-def bounded(what: str) -> Iterator[None]:
-    """Fail with a message naming ``what`` unless the block finishes within :data:`TIMEOUT`."""
+def bounded(what: str, timeout: float) -> Iterator[None]:
+    """Fail with a message naming ``what`` unless the block finishes within ``timeout`` s."""
     try:
-        with anyio.fail_after(TIMEOUT):
+        with anyio.fail_after(timeout):
             yield
     except TimeoutError:
-        raise AssertionError(f"{what} did not return within {TIMEOUT} s") from None
+        raise AssertionError(f"{what} did not return within {timeout} s") from None

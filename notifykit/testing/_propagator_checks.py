@@ -5,9 +5,10 @@ Public through :mod:`notifykit.testing.conformance`, which says how to run them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
+from typing import Protocol
 
-from ._checking import STAT_NAME, expect, short
+from ._checking import STAT_NAME, TIMEOUT, expect, short
 from ._propagator_harness import (
     Cluster,
     Node,
@@ -18,6 +19,7 @@ from ._propagator_harness import (
 
 __all__ = [
     "PROPAGATOR_CHECKS",
+    "PropagatorCheck",
     "check_propagator",
     "check_propagator_aclose_is_idempotent_and_final",
     "check_propagator_delivers_own_publishes",
@@ -38,9 +40,11 @@ __all__ = [
 ]
 
 
-async def check_propagator_routes_only_subscribed_keys(factory: PropagatorFactory) -> None:
+async def check_propagator_routes_only_subscribed_keys(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """A payload reaches the instance subscribed to its key and no instance that is not."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         for_a, for_b = cluster.key("for-a"), cluster.key("for-b")
         await a.subscribe(for_a)
@@ -53,9 +57,11 @@ async def check_propagator_routes_only_subscribed_keys(factory: PropagatorFactor
         expect_received(b, [(for_b, b"to B")], rule)
 
 
-async def check_propagator_delivers_to_every_subscriber_once(factory: PropagatorFactory) -> None:
+async def check_propagator_delivers_to_every_subscriber_once(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """A payload reaches every instance subscribed to its key, each exactly once."""
-    async with Cluster(factory, 3) as cluster:
+    async with Cluster(factory, 3, timeout) as cluster:
         key = cluster.key("shared")
         for node in cluster.nodes:
             await node.subscribe(key)
@@ -67,9 +73,11 @@ async def check_propagator_delivers_to_every_subscriber_once(factory: Propagator
             expect_received(node, expected, "every subscriber receives each payload once")
 
 
-async def check_propagator_delivers_own_publishes(factory: PropagatorFactory) -> None:
+async def check_propagator_delivers_own_publishes(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """An instance subscribed to a key receives what it publishes there itself."""
-    async with Cluster(factory, 1) as cluster:
+    async with Cluster(factory, 1, timeout) as cluster:
         (a,) = cluster.nodes
         key = cluster.key("self")
         await a.subscribe(key)
@@ -89,10 +97,12 @@ _ODD_PAYLOADS = (
 )
 
 
-async def check_propagator_keeps_payload_bytes_identical(factory: PropagatorFactory) -> None:
+async def check_propagator_keeps_payload_bytes_identical(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Payloads arrive as ``bytes`` identical to those published: UTF-8 text, newlines, every
     byte value, and 64 KiB."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         key = cluster.key("bytes")
         await b.subscribe(key)
@@ -117,10 +127,10 @@ async def check_propagator_keeps_payload_bytes_identical(factory: PropagatorFact
 
 
 async def check_propagator_multi_key_publish_delivers_once_per_key(
-    factory: PropagatorFactory,
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
 ) -> None:
     """One publish to several keys is delivered once per subscribed key, with that key."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         k1, k2, k3, nobody = (cluster.key(name) for name in ("k1", "k2", "k3", "nobody"))
         await a.subscribe(k1, k2)
@@ -140,12 +150,12 @@ async def check_propagator_multi_key_publish_delivers_once_per_key(
 
 
 async def check_propagator_keeps_per_key_order_and_loses_nothing(
-    factory: PropagatorFactory,
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
 ) -> None:
     """A burst of 500 payloads on each of two keys arrives complete and in publish order per
     key (a propagator never drops silently)."""
     count = 500
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         keys = (cluster.key("burst-1"), cluster.key("burst-2"))
         await b.subscribe(*keys)
@@ -171,9 +181,11 @@ async def check_propagator_keeps_per_key_order_and_loses_nothing(
                 )
 
 
-async def check_propagator_subscribe_is_confirmed_on_return(factory: PropagatorFactory) -> None:
+async def check_propagator_subscribe_is_confirmed_on_return(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Once ``subscribe`` returns, a payload published at once by another instance arrives."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         keys = [cluster.key(f"fresh-{i}") for i in range(20)]
         for key in keys:
@@ -185,10 +197,12 @@ async def check_propagator_subscribe_is_confirmed_on_return(factory: PropagatorF
         expect_received(b, expected, "a subscription is in effect when subscribe returns")
 
 
-async def check_propagator_unsubscribe_stops_delivery(factory: PropagatorFactory) -> None:
+async def check_propagator_unsubscribe_stops_delivery(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Once ``unsubscribe`` returns, payloads for that key are no longer delivered, from any
     instance."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         key = cluster.key("leaving")
         await b.subscribe(key)
@@ -201,10 +215,12 @@ async def check_propagator_unsubscribe_stops_delivery(factory: PropagatorFactory
         expect_received(b, [(key, b"before")], "nothing is delivered after unsubscribe")
 
 
-async def check_propagator_subscribe_is_idempotent(factory: PropagatorFactory) -> None:
+async def check_propagator_subscribe_is_idempotent(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Subscribing to a key again changes nothing: a payload is delivered once, and one
     ``unsubscribe`` ends the subscription (the propagator does not count subscribers)."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         key = cluster.key("twice")
         await b.subscribe(key)
@@ -219,9 +235,11 @@ async def check_propagator_subscribe_is_idempotent(factory: PropagatorFactory) -
         expect_received(b, [(key, b"once")], "one unsubscribe ends a repeated subscription")
 
 
-async def check_propagator_unsubscribe_unknown_key_is_a_no_op(factory: PropagatorFactory) -> None:
+async def check_propagator_unsubscribe_unknown_key_is_a_no_op(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Unsubscribing from a key never subscribed to, or twice, succeeds and changes nothing."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         never, gone, kept = cluster.key("never"), cluster.key("gone"), cluster.key("kept")
         await b.unsubscribe(never)
@@ -234,10 +252,12 @@ async def check_propagator_unsubscribe_unknown_key_is_a_no_op(factory: Propagato
         expect_received(b, [(kept, b"still flowing")], "needless unsubscribes change nothing")
 
 
-async def check_propagator_last_subscribe_or_unsubscribe_wins(factory: PropagatorFactory) -> None:
+async def check_propagator_last_subscribe_or_unsubscribe_wins(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Subscribe and unsubscribe take effect in call order: subscribe, unsubscribe, subscribe
     ends subscribed; unsubscribe, subscribe, unsubscribe ends unsubscribed."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         on, off = cluster.key("ends-on"), cluster.key("ends-off")
         await b.subscribe(on)
@@ -253,10 +273,10 @@ async def check_propagator_last_subscribe_or_unsubscribe_wins(factory: Propagato
 
 
 async def check_propagator_publish_without_subscribers_succeeds(
-    factory: PropagatorFactory,
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
 ) -> None:
     """Publishing to a key nobody subscribed to succeeds and delivers nothing."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         await a.publish([cluster.key("nobody")], b"into the void")
         await b.publish([cluster.key("nobody"), cluster.key("nobody-2")], b"into the void")
@@ -265,9 +285,11 @@ async def check_propagator_publish_without_subscribers_succeeds(
             expect_received(node, [], "a publish nobody subscribed to delivers nothing")
 
 
-async def check_propagator_survives_a_raising_deliver(factory: PropagatorFactory) -> None:
+async def check_propagator_survives_a_raising_deliver(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """A ``deliver`` that raises on one payload does not stop later payloads."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         key = cluster.key("raising")
         b.fail_on.update({b"bad 1", b"bad 2"})
@@ -280,9 +302,11 @@ async def check_propagator_survives_a_raising_deliver(factory: PropagatorFactory
         expect_received(b, [(key, p) for p in sent], "a raising deliver ends no delivery")
 
 
-async def check_propagator_reports_healthy_once_started(factory: PropagatorFactory) -> None:
+async def check_propagator_reports_healthy_once_started(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``healthy`` is True once ``start`` has returned (with the backend reachable)."""
-    async with Cluster(factory, 1) as cluster:
+    async with Cluster(factory, 1, timeout) as cluster:
         (a,) = cluster.nodes
         expect(a.propagator.healthy is True, "healthy must be True once started")
         await a.publish([cluster.key("h")], b"traffic")
@@ -304,9 +328,11 @@ def _expect_statistics(node: Node) -> None:
         )
 
 
-async def check_propagator_statistics_map_names_to_counts(factory: PropagatorFactory) -> None:
+async def check_propagator_statistics_map_names_to_counts(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``statistics()`` maps snake_case names to non-negative ints, before and after traffic."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         _expect_statistics(a)
         key = cluster.key("stats")
@@ -317,9 +343,11 @@ async def check_propagator_statistics_map_names_to_counts(factory: PropagatorFac
         _expect_statistics(b)
 
 
-async def check_propagator_aclose_is_idempotent_and_final(factory: PropagatorFactory) -> None:
+async def check_propagator_aclose_is_idempotent_and_final(
+    factory: PropagatorFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``aclose()`` may be called again, and once it returns nothing more is delivered."""
-    async with Cluster(factory, 2) as cluster:
+    async with Cluster(factory, 2, timeout) as cluster:
         a, b = cluster.nodes
         key = cluster.key("closing")
         await a.subscribe(key)
@@ -336,7 +364,16 @@ async def check_propagator_aclose_is_idempotent_and_final(factory: PropagatorFac
         expect_received(a, [(key, b"after close")], "others are unaffected by one aclose()")
 
 
-PROPAGATOR_CHECKS: tuple[Callable[[PropagatorFactory], Awaitable[None]], ...] = (
+class PropagatorCheck(Protocol):
+    """The signature of every propagator check."""
+
+    def __call__(self, factory: PropagatorFactory, *, timeout: float = ...) -> Awaitable[None]:
+        """Check one rule against propagators from ``factory``; raise ``AssertionError`` naming
+        it when broken, or when any one wait takes longer than ``timeout`` seconds."""
+        ...
+
+
+PROPAGATOR_CHECKS: tuple[PropagatorCheck, ...] = (
     check_propagator_routes_only_subscribed_keys,
     check_propagator_delivers_to_every_subscriber_once,
     check_propagator_delivers_own_publishes,
@@ -357,7 +394,7 @@ PROPAGATOR_CHECKS: tuple[Callable[[PropagatorFactory], Awaitable[None]], ...] = 
 """Every propagator check, for a test suite to parametrize over."""
 
 
-async def check_propagator(factory: PropagatorFactory) -> None:
+async def check_propagator(factory: PropagatorFactory, *, timeout: float = TIMEOUT) -> None:
     """Run every check in :data:`PROPAGATOR_CHECKS` against propagators from ``factory``."""
     for check in PROPAGATOR_CHECKS:
-        await check(factory)
+        await check(factory, timeout=timeout)

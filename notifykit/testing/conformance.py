@@ -10,22 +10,27 @@ implementation runs them from its own test suite::
     async def test_my_propagator(check, my_factory):
         await check(my_factory)
 
-Nothing here needs pytest. Every wait is bounded (5 s), and the checks work under ``python -O``.
+Nothing here needs pytest. Every wait is bounded: each check takes ``timeout=`` (seconds any one
+wait may take, default 5; a test that expects a check to fail can pass a short one), and the
+checks work under ``python -O``.
 
 A :data:`PropagatorFactory` returns, on every call, an async context manager yielding a new,
 *unstarted* propagator on the same backend as the others (for Redis: the same server), as the
 instances of one deployment are. The checks call ``start``, ``aclose`` (then leave the context)
 themselves. Keys are unique per check run, so one backend can serve every check.
 
-Absence is proved with a sentinel, never with a sleep alone: after publishing what must not
-arrive, a check publishes to a key every instance is still subscribed to, waits until that
-arrives everywhere (the pipe is flowing), allows stragglers a further 0.1 s, then looks.
+Absence is proved with sentinels, never with a sleep: after publishing what must not arrive, a
+check publishes to a key every instance is still subscribed to and waits until that arrives
+everywhere (the pipe is flowing); then once more, so that every reader of every instance has had
+its turn (a backend that reads each shard on its own connection delivers in publish order per
+key only); then it looks.
 """
 
 from __future__ import annotations
 
 from ._propagator_checks import (
     PROPAGATOR_CHECKS,
+    PropagatorCheck,
     check_propagator,
     check_propagator_aclose_is_idempotent_and_final,
     check_propagator_delivers_own_publishes,
@@ -61,6 +66,7 @@ from ._socket_state_checks import (
 __all__ = [
     "PROPAGATOR_CHECKS",
     "SOCKET_STATE_CHECKS",
+    "PropagatorCheck",
     "PropagatorFactory",
     "SocketStateFactory",
     "check_propagator",

@@ -14,7 +14,8 @@ instances of one deployment do (for Redis: the same server and prefix); differen
 see nothing of each other. Every check uses a namespace of its own, so one backend can serve
 every check. The checks call ``start`` and ``aclose`` themselves.
 
-Nothing here needs pytest. Every call is bounded (5 s), and the checks work under ``python -O``.
+Nothing here needs pytest. Every call is bounded: each check takes ``timeout=`` (seconds any one
+call may take, default 5), and the checks work under ``python -O``.
 The checks need no ttl to pass: what happens to a crashed instance is implementation-specific
 and tested by each implementation's own tests.
 """
@@ -24,18 +25,19 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
 import anyio
 
 from ..protocols import Presence
-from ._checking import STAT_NAME, bounded, expect
+from ._checking import STAT_NAME, TIMEOUT, bounded, expect
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
     "PRESENCE_CHECKS",
+    "PresenceCheck",
     "PresenceFactory",
     "check_presence",
     "check_presence_aclose_removes_own_entries_at_once",
@@ -57,14 +59,15 @@ _T = TypeVar("_T")
 
 
 class _Instance:
-    """One started presence, with every call bounded and named in failures."""
+    """One started presence, with every call bounded by ``timeout`` s and named in failures."""
 
-    def __init__(self, name: str, presence: Presence) -> None:
+    def __init__(self, name: str, presence: Presence, timeout: float) -> None:
         self.name = name
         self.presence = presence
+        self.timeout = timeout
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
-        with bounded(f"{self.name}.{what}"):
+        with bounded(f"{self.name}.{what}", self.timeout):
             return await call
 
     async def connected(self, user_id: str, connection_id: str) -> None:
@@ -122,12 +125,14 @@ class _Instance:
 
 
 class _Deployment(AsyncExitStack):
-    """``size`` started instances sharing a fresh namespace."""
+    """``size`` started instances sharing a fresh namespace; every call is bounded by
+    ``timeout`` seconds."""
 
-    def __init__(self, factory: PresenceFactory, size: int) -> None:
+    def __init__(self, factory: PresenceFactory, size: int, timeout: float) -> None:
         super().__init__()
         self._factory = factory
         self._size = size
+        self.timeout = timeout
         self.namespace = f"nk-presence-check-{secrets.token_hex(4)}"
         self.instances: list[_Instance] = []
 
@@ -149,8 +154,8 @@ class _Deployment(AsyncExitStack):
             isinstance(presence, Presence),
             f"the factory yielded {presence!r}, which is not a Presence",
         )
-        instance = _Instance(name, presence)
-        with bounded(f"{name}.start()"):
+        instance = _Instance(name, presence, self.timeout)
+        with bounded(f"{name}.start()", self.timeout):
             await presence.start()
         self.push_async_callback(instance.aclose)
         self.instances.append(instance)
@@ -162,10 +167,12 @@ def _user(label: str) -> str:
     return f"{label}/{{tag}}:ü {secrets.token_hex(3)}"
 
 
-async def check_presence_sees_users_of_every_instance(factory: PresenceFactory) -> None:
+async def check_presence_sees_users_of_every_instance(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """A connection recorded on one instance is seen, with its id, by every instance as soon
     as ``connected`` returns; users nobody recorded are offline everywhere."""
-    async with _Deployment(factory, 2) as deployment:
+    async with _Deployment(factory, 2, timeout) as deployment:
         a, b = deployment.instances
         alice, bob, nobody = _user("alice"), _user("bob"), _user("nobody")
         await a.connected(alice, "conn/a:1")
@@ -179,11 +186,11 @@ async def check_presence_sees_users_of_every_instance(factory: PresenceFactory) 
 
 
 async def check_presence_keeps_user_online_until_last_connection_leaves(
-    factory: PresenceFactory,
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
 ) -> None:
     """A user with connections on two instances stays online, with the remaining ones, until
     both are gone; then every instance sees them offline and uncounted."""
-    async with _Deployment(factory, 2) as deployment:
+    async with _Deployment(factory, 2, timeout) as deployment:
         a, b = deployment.instances
         carol = _user("carol")
         await a.connected(carol, "on-a-1")
@@ -208,10 +215,12 @@ async def check_presence_keeps_user_online_until_last_connection_leaves(
             await instance.expect_users([], rule)
 
 
-async def check_presence_calls_are_idempotent(factory: PresenceFactory) -> None:
+async def check_presence_calls_are_idempotent(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Recording a connection twice records it once; forgetting an unknown connection, or one
     twice, or one held by another instance, is a no-op."""
-    async with _Deployment(factory, 2) as deployment:
+    async with _Deployment(factory, 2, timeout) as deployment:
         a, b = deployment.instances
         dave, erin = _user("dave"), _user("erin")
         await a.connected(dave, "c1")
@@ -229,10 +238,12 @@ async def check_presence_calls_are_idempotent(factory: PresenceFactory) -> None:
         await b.expect_users([], "a connection recorded twice is gone after one removal")
 
 
-async def check_presence_counts_each_user_once(factory: PresenceFactory) -> None:
+async def check_presence_counts_each_user_once(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``online_users`` lists each online user once and ``online_count`` counts them once, however
     many connections and instances they have."""
-    async with _Deployment(factory, 3) as deployment:
+    async with _Deployment(factory, 3, timeout) as deployment:
         a, b, c = deployment.instances
         users = [_user(f"user{index}") for index in range(5)]
         for index, user in enumerate(users):
@@ -245,10 +256,12 @@ async def check_presence_counts_each_user_once(factory: PresenceFactory) -> None
             await instance.expect_users(users, "each online user is listed and counted once")
 
 
-async def check_presence_online_users_respects_limit(factory: PresenceFactory) -> None:
+async def check_presence_online_users_respects_limit(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``online_users(limit)`` returns ``limit`` distinct online users when more are online,
     all of them when fewer are, and none for a limit of 0 or less."""
-    async with _Deployment(factory, 2) as deployment:
+    async with _Deployment(factory, 2, timeout) as deployment:
         a, b = deployment.instances
         users = [_user(f"many{index}") for index in range(12)]
         for index, user in enumerate(users):
@@ -271,10 +284,12 @@ async def check_presence_online_users_respects_limit(factory: PresenceFactory) -
             expect(none == [], f"online_users({limit}) must be [], got {none!r}")
 
 
-async def check_presence_aclose_removes_own_entries_at_once(factory: PresenceFactory) -> None:
+async def check_presence_aclose_removes_own_entries_at_once(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """When ``aclose()`` returns, the connections of that instance are gone for every other
     instance (no waiting for a ttl), and the others' are untouched. ``aclose`` is idempotent."""
-    async with _Deployment(factory, 2) as deployment:
+    async with _Deployment(factory, 2, timeout) as deployment:
         a, b = deployment.instances
         only_a, both, only_b = _user("only-a"), _user("both"), _user("only-b")
         await a.connected(only_a, "a1")
@@ -291,14 +306,16 @@ async def check_presence_aclose_removes_own_entries_at_once(factory: PresenceFac
         await b.expect_users([both, only_b], rule)
 
 
-async def check_presence_survives_a_connection_storm(factory: PresenceFactory) -> None:
+async def check_presence_survives_a_connection_storm(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Hundreds of concurrent ``connected`` calls (a reconnect storm) all take effect, and so do
     hundreds of concurrent ``disconnected`` calls."""
-    async with _Deployment(factory, 2) as deployment:
+    async with _Deployment(factory, 2, timeout) as deployment:
         a, b = deployment.instances
         users = [_user(f"storm{index}") for index in range(100)]
         pairs = [(user, f"{user}#{n}") for user in users for n in range(4)]
-        with bounded(f"{len(pairs)} concurrent connected() calls"):
+        with bounded(f"{len(pairs)} concurrent connected() calls", timeout):
             async with anyio.create_task_group() as group:
                 for user, connection in pairs:
                     group.start_soon(a.presence.connected, user, connection)
@@ -306,7 +323,7 @@ async def check_presence_survives_a_connection_storm(factory: PresenceFactory) -
         await b.expect_users(users, rule)
         for user in users[:10]:
             await b.expect_online(user, [f"{user}#{n}" for n in range(4)], rule)
-        with bounded(f"{len(pairs)} concurrent disconnected() calls"):
+        with bounded(f"{len(pairs)} concurrent disconnected() calls", timeout):
             async with anyio.create_task_group() as group:
                 for user, connection in pairs:
                     group.start_soon(a.presence.disconnected, user, connection)
@@ -316,7 +333,9 @@ async def check_presence_survives_a_connection_storm(factory: PresenceFactory) -
             await b.expect_online(user, [], rule)
 
 
-async def check_presence_enforces_its_lifecycle(factory: PresenceFactory) -> None:
+async def check_presence_enforces_its_lifecycle(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """Before ``start()`` calls raise RuntimeError; ``start()`` twice is fine; after ``aclose()``
     ``connected`` raises RuntimeError and ``disconnected`` is a no-op."""
     namespace = f"nk-presence-check-{secrets.token_hex(4)}"
@@ -328,22 +347,22 @@ async def check_presence_enforces_its_lifecycle(factory: PresenceFactory) -> Non
             ("online_count", lambda: presence.online_count()),
         ):
             try:
-                with bounded(f"{what}() before start()"):
+                with bounded(f"{what}() before start()", timeout):
                     await call()
             except RuntimeError:
                 pass
             else:
                 raise AssertionError(f"{what}() before start() must raise RuntimeError")
-        with bounded("start()"):
+        with bounded("start()", timeout):
             await presence.start()
-        with bounded("a second start()"):
+        with bounded("a second start()", timeout):
             await presence.start()
-        instance = _Instance("the instance", presence)
+        instance = _Instance("the instance", presence, timeout)
         await instance.connected(user, "c1")
         await instance.expect_online(user, ["c1"], "start() twice is one start")
         await instance.aclose()
         try:
-            with bounded("connected() after aclose()"):
+            with bounded("connected() after aclose()", timeout):
                 await presence.connected(user, "c2")
         except RuntimeError:
             pass
@@ -352,17 +371,21 @@ async def check_presence_enforces_its_lifecycle(factory: PresenceFactory) -> Non
         await instance.disconnected(user, "c1")
 
 
-async def check_presence_reports_healthy_once_started(factory: PresenceFactory) -> None:
+async def check_presence_reports_healthy_once_started(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``healthy`` is True once ``start()`` has returned on a reachable backend."""
-    async with _Deployment(factory, 1) as deployment:
+    async with _Deployment(factory, 1, timeout) as deployment:
         (a,) = deployment.instances
         expect(a.presence.healthy is True, "healthy must be True on a reachable backend")
 
 
-async def check_presence_statistics_map_names_to_counts(factory: PresenceFactory) -> None:
+async def check_presence_statistics_map_names_to_counts(
+    factory: PresenceFactory, *, timeout: float = TIMEOUT
+) -> None:
     """``statistics()`` maps snake_case names to integer counts, and includes
     ``local_connections`` counting this instance's connections."""
-    async with _Deployment(factory, 1) as deployment:
+    async with _Deployment(factory, 1, timeout) as deployment:
         (a,) = deployment.instances
         user = _user("stats")
         await a.connected(user, "s1")
@@ -383,7 +406,16 @@ async def check_presence_statistics_map_names_to_counts(factory: PresenceFactory
         )
 
 
-PRESENCE_CHECKS: tuple[Callable[[PresenceFactory], Awaitable[None]], ...] = (
+class PresenceCheck(Protocol):
+    """The signature of every presence check."""
+
+    def __call__(self, factory: PresenceFactory, *, timeout: float = ...) -> Awaitable[None]:
+        """Check one rule against presences from ``factory``; raise ``AssertionError`` naming
+        it when broken, or when any one call takes longer than ``timeout`` seconds."""
+        ...
+
+
+PRESENCE_CHECKS: tuple[PresenceCheck, ...] = (
     check_presence_sees_users_of_every_instance,
     check_presence_keeps_user_online_until_last_connection_leaves,
     check_presence_calls_are_idempotent,
@@ -398,7 +430,7 @@ PRESENCE_CHECKS: tuple[Callable[[PresenceFactory], Awaitable[None]], ...] = (
 """Every presence check, for a test suite to parametrize over."""
 
 
-async def check_presence(factory: PresenceFactory) -> None:
+async def check_presence(factory: PresenceFactory, *, timeout: float = TIMEOUT) -> None:
     """Run every check in :data:`PRESENCE_CHECKS` against presences from ``factory``."""
     for check in PRESENCE_CHECKS:
-        await check(factory)
+        await check(factory, timeout=timeout)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from notifykit import Hub, JWTAuthenticator
+from notifykit.adapters.asgi import NotifyApp
 
 hub = Hub()
 
@@ -25,7 +26,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 app.mount(
     "/notify",
-    hub.asgi_app(
+    NotifyApp(
+        hub,
         JWTAuthenticator(secret=os.environ["APP_JWT_SECRET"]),
         api_key=os.environ["APP_API_KEY"],
     ),

@@ -1,9 +1,7 @@
-"""In-memory presence: who is online, for one process.
+"""In-memory :class:`~notifykit.protocols.Presence`: who is online, for one process.
 
-:class:`MemoryPresence` is the :class:`~notifykit.protocols.Presence` a hub uses when it runs
-alone. Instances made with :meth:`MemoryPresence.peer` share what they record, as instances of
-one deployment share a Redis: each records its own connections, and each sees everyone's. For a
-deployment of several processes, use ``notifykit.redis.RedisPresence``.
+Presences made with :meth:`MemoryPresence.peer` share what they record, as instances of one
+deployment share a Redis: each records its own connections, and each sees everyone's.
 """
 
 from __future__ import annotations
@@ -11,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio.lowlevel
+
+from ..errors import NotRunning
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -66,7 +66,7 @@ class MemoryPresence:
     async def start(self) -> None:
         """Begin recording; a no-op if already started."""
         if self._state == "closed":
-            raise RuntimeError("this presence is closed")
+            raise NotRunning("this presence is closed")
         self._state = "running"
         await anyio.lowlevel.checkpoint()
 
@@ -83,7 +83,7 @@ class MemoryPresence:
 
     def _check_running(self) -> None:
         if self._state != "running":
-            raise RuntimeError(f"this presence is {self._state}: call start() first")
+            raise NotRunning(f"this presence is {self._state}: call start() first")
 
     async def connected(self, user_id: str, connection_id: str) -> None:
         """Record connection ``connection_id`` of ``user_id`` on this instance."""

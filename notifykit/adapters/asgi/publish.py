@@ -15,8 +15,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidNotification
-from .model import Target, ToAuthenticated, ToEveryone, ToTopic, ToUsers
+from ...errors import InvalidNotification
+from ...model import (
+    Target,
+    ToAuthenticated,
+    ToEveryone,
+    ToTopic,
+    ToUsers,
+    validate_connection_id,
+    validate_event,
+)
+from ...wire import MAX_DATA_DEPTH
 
 __all__ = ["PublishRequest", "parse_publish"]
 
@@ -38,19 +47,21 @@ def parse_publish(body: bytes) -> PublishRequest:
     """Parse a ``POST /publish`` body; raise :class:`InvalidNotification` saying what is wrong."""
     try:
         obj = json.loads(body)
-    except (ValueError, RecursionError):
+    except ValueError:
         raise InvalidNotification("body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidNotification(
+            f"body nests arrays and objects deeper than data may ({MAX_DATA_DEPTH} levels)"
+        ) from None
     if not isinstance(obj, dict):
         raise InvalidNotification("body must be a JSON object")
     unknown = sorted(set(obj) - _KNOWN)
     if unknown:
         raise InvalidNotification(f"unknown field(s): {', '.join(unknown)}")
-    event = obj.get("event")
-    if not isinstance(event, str) or not event:
-        raise InvalidNotification('"event" must be a non-empty string')
+    event = validate_event(obj.get("event"))
     exclude = obj.get("exclude")
-    if exclude is not None and not isinstance(exclude, str):
-        raise InvalidNotification('"exclude" must be a connection id string')
+    if exclude is not None:
+        validate_connection_id(exclude)
     given = [name for name in _TARGETS if name in obj]
     if len(given) != 1:
         raise InvalidNotification(
@@ -61,17 +72,13 @@ def parse_publish(body: bytes) -> PublishRequest:
 
 def _target(name: str, value: Any) -> Target:
     if name == "user":
-        if not isinstance(value, str):
-            raise InvalidNotification('"user" must be a string')
         return ToUsers((value,))
     if name == "users":
-        if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
-            raise InvalidNotification('"users" must be a list of strings')
-        return ToUsers(tuple(value))
+        if not isinstance(value, list):
+            raise InvalidNotification('"users" must be a list of user ids')
+        return ToUsers(tuple(value))  # ToUsers validates each id
     if name == "topic":
-        if not isinstance(value, str):
-            raise InvalidNotification('"topic" must be a string')
-        return ToTopic(value)
+        return ToTopic(value)  # ToTopic validates the name
     if value is not True:
         raise InvalidNotification(f'"{name}" must be true')
     return ToAuthenticated() if name == "authenticated" else ToEveryone()

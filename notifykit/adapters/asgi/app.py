@@ -2,7 +2,7 @@
 
 ::
 
-    app.mount("/notify", hub.asgi_app(JWTAuthenticator(secret=...), api_key="..."))
+    app.mount("/notify", NotifyApp(hub, JWTAuthenticator(secret=...), api_key="..."))
 
 Routes (relative to where it is mounted):
 
@@ -12,7 +12,8 @@ Routes (relative to where it is mounted):
 * ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
 * ``GET /metrics`` — Prometheus text format;
 * ``GET /presence/<user_id>`` — ``{"user", "online", "connections"}`` across every instance;
-  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key).
+  ``GET /presence`` — ``{"online": <users online>}`` (both need the API key);
+* ``GET /client.js`` — the browser client (``notifykit/static/client.js``).
 
 When it is the root ASGI app (as under ``notifykit serve``) it also runs the hub for the
 server's lifespan; when mounted, the host app enters the hub in its own lifespan.
@@ -21,59 +22,89 @@ server's lifespan; when mounted, the host app enters the hub in its own lifespan
 from __future__ import annotations
 
 import hmac
-import logging
+import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .adapters.asgi import WebSocketEndpoint
-from .errors import InvalidNotification, PropagationError
+from ...errors import (
+    ConfigurationError,
+    HistoryOff,
+    InvalidNotification,
+    NotRunning,
+    PropagationError,
+)
+from ...gateway import Gateway
+from ...model import topic_key, user_key, validate_topic, validate_user_id
+from .lifespan import run_lifespan
 from .publish import parse_publish
+from .static import client_routes
+from .transport import WebSocketEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from starlette.requests import Request
 
-    from .adapters.asgi import Receive, Scope, Send
-    from .gateway import Gateway
-    from .hub import Hub
+    from ...hub import Hub
+    from ...protocols import Authenticator, TopicPolicy
+    from .transport import Receive, Scope, Send
 
 __all__ = ["NotifyApp", "render_metrics"]
 
-logger = logging.getLogger("notifykit.service")
-
 
 class NotifyApp:
-    """The ASGI app serving one gateway and its hub; see the module docstring for routes.
+    """The ASGI app serving ``hub``; see the module docstring for routes.
 
-    ``api_keys`` are the keys accepted by ``POST /publish`` (several, to rotate keys without
-    downtime); with none, the HTTP publish API answers 403. ``max_publish_bytes`` bounds a
-    publish body (413 beyond).
+    ``authenticator`` verifies websocket clients' tokens. ``api_key`` is the key (or keys, to
+    rotate them without downtime) accepted by ``POST /publish`` and ``/presence``; with none,
+    those answer 403. ``max_publish_bytes`` bounds a publish body (413 beyond). The other
+    keyword arguments configure the :class:`~notifykit.gateway.Gateway` (``allowed_origins``,
+    ``allow_anonymous``, ``topic_policy``, ``queue_size``, ``max_frame_bytes``...); ``gateway``
+    is that gateway.
     """
 
     def __init__(
         self,
-        gateway: Gateway,
+        hub: Hub,
+        authenticator: Authenticator,
         *,
-        api_keys: Iterable[str] = (),
+        api_key: str | Iterable[str] | None = None,
+        allowed_origins: Iterable[str] = (),
+        allow_anonymous: bool = False,
+        topic_policy: TopicPolicy | None = None,
         max_publish_bytes: int = 1024 * 1024,
+        **gateway_options: Any,
     ) -> None:
-        self.gateway = gateway
-        self.hub: Hub = gateway.hub
-        self.api_keys = tuple(key.encode() for key in api_keys if key)
+        self.gateway = Gateway(
+            hub,
+            authenticator,
+            topic_policy=topic_policy,
+            allow_anonymous=allow_anonymous,
+            allowed_origins=allowed_origins,
+            **gateway_options,
+        )
+        self.hub = hub
+        keys = [api_key] if isinstance(api_key, str) else list(api_key or ())
+        self.api_keys = tuple(key.encode() for key in keys if key)
+        if not isinstance(max_publish_bytes, int) or max_publish_bytes < 1:
+            raise ConfigurationError(
+                f"max_publish_bytes must be at least 1, not {max_publish_bytes!r}"
+            )
         self.max_publish_bytes = max_publish_bytes
-        self.websocket = WebSocketEndpoint(gateway)
+        self.websocket = WebSocketEndpoint(self.gateway)
         self.http = Starlette(
             routes=[
                 Route("/publish", self.publish, methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/metrics", self.metrics, methods=["GET"]),
+                Route("/history", self.history, methods=["GET"]),
                 Route("/presence", self.presence_summary, methods=["GET"]),
                 Route("/presence/{user_id:path}", self.presence, methods=["GET"]),
+                *client_routes(),
             ]
         )
 
@@ -86,29 +117,9 @@ class NotifyApp:
             else:
                 await send({"type": "websocket.close", "code": 1000})  # a 403 handshake reply
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(self.hub, receive, send)
         else:
             await self.http(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        if self.hub.running:  # the host app runs the hub itself
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        try:
-            await self.hub.__aenter__()
-        except Exception as exc:
-            logger.exception("hub failed to start")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        try:
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-        finally:
-            await self.hub.aclose()
-        await send({"type": "lifespan.shutdown.complete"})
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -137,7 +148,7 @@ class NotifyApp:
             return _error(400, "bad_request", str(exc))
         except PropagationError as exc:
             return _error(503, "unavailable", f"could not propagate the notification: {exc}")
-        except RuntimeError as exc:  # the hub is not running
+        except NotRunning as exc:
             return _error(503, "unavailable", str(exc))
         return JSONResponse({"id": notification_id}, status_code=202)
 
@@ -149,11 +160,34 @@ class NotifyApp:
         user_id = request.path_params["user_id"]
         try:
             connections = await self.hub.connections_of(user_id)
-        except PropagationError as exc:
+        except (PropagationError, NotRunning) as exc:
             return _error(503, "unavailable", f"presence is unavailable: {exc}")
         return JSONResponse(
             {"user": user_id, "online": bool(connections), "connections": len(connections)}
         )
+
+    async def history(self, request: Request) -> Response:
+        """``GET /history?user=<id>`` (or ``?topic=<name>``) with optional ``after`` (an
+        offset, default 0) and ``limit`` (1-1000, default 100): the stream's notifications
+        after ``after``, in offset order, for services that show an inbox."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            stream, after, limit = _history_query(request.query_params)
+            page = await self.hub.history(stream, after=after, limit=limit)
+        except HistoryOff as exc:
+            return _error(404, "history_off", str(exc))
+        except InvalidNotification as exc:
+            return _error(400, "bad_request", str(exc))
+        except (PropagationError, NotRunning) as exc:
+            return _error(503, "unavailable", f"history is unavailable: {exc}")
+        # The frames are JSON already: they are joined, not decoded and encoded again.
+        head = json.dumps(
+            {"stream": page.stream, "epoch": page.epoch, "last": page.last, "first": page.first}
+        )
+        body = f'{head[:-1]}, "notifications": [{",".join(page.notifications)}]}}'
+        return Response(body, media_type="application/json")
 
     async def presence_summary(self, request: Request) -> Response:
         """``GET /presence``: how many users are online anywhere."""
@@ -162,7 +196,7 @@ class NotifyApp:
             return refusal
         try:
             count = await self.hub.online_count()
-        except PropagationError as exc:
+        except (PropagationError, NotRunning) as exc:
             return _error(503, "unavailable", f"presence is unavailable: {exc}")
         return JSONResponse({"online": count})
 
@@ -204,6 +238,29 @@ def render_metrics(stats: Mapping[str, float]) -> str:
         metric = "notifykit_" + "".join(c if c.isalnum() else "_" for c in name)
         lines.append(f"{metric} {value}")
     return "\n".join(lines) + "\n"
+
+
+_MAX_HISTORY_LIMIT = 1000
+
+
+def _history_query(params: Mapping[str, str]) -> tuple[str, int, int]:
+    """``(stream, after, limit)`` from ``GET /history``'s query; InvalidNotification if bad."""
+    targets = [name for name in ("user", "topic") if name in params]
+    if len(targets) != 1:
+        raise InvalidNotification('give exactly one of "user" or "topic"')
+    if targets[0] == "user":
+        stream = user_key(validate_user_id(params["user"]))
+    else:
+        stream = topic_key(validate_topic(params["topic"]))
+    after = _whole(params.get("after", "0"), "after", 2**63 - 1)
+    limit = _whole(params.get("limit", "100"), "limit", _MAX_HISTORY_LIMIT)
+    return stream, after, limit
+
+
+def _whole(text: str, name: str, most: int) -> int:
+    if not text.isdigit() or int(text) > most:
+        raise InvalidNotification(f'"{name}" must be a whole number from 0 to {most}')
+    return int(text)
 
 
 def _error(status: int, code: str, message: str) -> Response:
