@@ -72,7 +72,7 @@ async def deliver_fanout(sizes: list[int], repeat: int) -> dict[str, Any]:
             ]
             for connection in connections:
                 await hub.attach(connection)
-            deliver = hub._deliver
+            deliver = hub.router.deliver
 
             def run(deliver: Any = deliver, per_batch: int = per_batch) -> None:
                 for _ in range(per_batch):
@@ -154,7 +154,7 @@ async def deliver_to_writers(sizes: list[int], repeat: int) -> dict[str, Any]:
                     sink.done = anyio.Event()
                     start = time.perf_counter()
                     for _ in range(per_batch):
-                        hub._deliver("u:u1", payload)
+                        hub.router.deliver("u:u1", payload)
                     await sink.done.wait()
                     samples.append((time.perf_counter() - start) / (per_batch * size) * 1e9)
                 singles = []
@@ -165,7 +165,7 @@ async def deliver_to_writers(sizes: list[int], repeat: int) -> dict[str, Any]:
                         sink.sent = 0
                         sink.target = size
                         sink.done = anyio.Event()
-                        hub._deliver("u:u1", payload)
+                        hub.router.deliver("u:u1", payload)
                         await sink.done.wait()
                     singles.append((time.perf_counter() - start) / (per_batch * size) * 1e9)
                 tasks.cancel_scope.cancel()

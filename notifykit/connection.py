@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .connlog import log_fields
 from .wire import CloseCode
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Connection:
         "_writer_done",
         "close_code",
         "close_reason",
+        "dropped",
         "id",
         "keys",
         "principal",
@@ -96,6 +98,9 @@ class Connection:
         self._scope: anyio.CancelScope | None = None
         self.close_code: int | None = None
         self.close_reason = ""
+        self.dropped = 0
+        """Frames offered and never sent: dropped with a slow consumer's queue, or still
+        queued when the connection ended."""
 
     @property
     def user_id(self) -> str | None:
@@ -122,16 +127,22 @@ class Connection:
                 self._gone()
                 return
             except Exception:
-                logger.exception("sending to connection %s failed", self.id)
+                logger.exception(
+                    "sending to connection %s of user %r failed",
+                    self.id,
+                    self.principal.user_id,
+                    extra=log_fields(self),
+                )
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
             self._direct = False  # the transport must wait: queue, and a writer takes over
         if self.close_code is not None:
             # Closing: keep what the close will flush (nothing, for a slow consumer).
-            if self.close_code != CloseCode.SLOW_CONSUMER:
-                self._enqueue(frame)
+            if self.close_code == CloseCode.SLOW_CONSUMER or not self._enqueue(frame):
+                self.dropped += 1
             return
         if not self._enqueue(frame, bounded):
+            self.dropped += 1
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too much queued")
             return
         self._wake_writer()
@@ -250,6 +261,7 @@ class Connection:
 
     def release(self) -> None:
         """Drop whatever is still queued."""
+        self.dropped += len(self._queue)
         self._queue.clear()  # in place: a running writer sees it empty
         self._queued_bytes = 0
 

@@ -10,7 +10,6 @@ close), and then the hub's bookkeeping runs, bounded. Nothing is left behind.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -20,34 +19,43 @@ import anyio
 import anyio.lowlevel
 
 from .connection import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE, Connection
+from .connlog import (
+    log_closed,
+    log_fields,
+    log_opened,
+    log_refused,
+)
 from .errors import (
     AuthenticationError,
     ConfigurationError,
-    InvalidNotification,
     NotRunning,
     PropagationError,
     ProtocolError,
 )
-from .model import Handshake, Principal, topic_key, validate_topic
+from .limits import (
+    DEFAULT_FRAME_BURST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FRAME_RATE,
+    DEFAULT_MAX_USER_CONNECTIONS,
+    ConnectionSlots,
+    ThrottledLog,
+    at_least,
+    positive_rate,
+)
+from .metrics import count_end
+from .model import Handshake, Principal
+from .session import Session
 from .topics import claim_topics_policy
 from .wire import (
     SUBPROTOCOL,
     CloseCode,
     Error,
     ErrorCode,
-    Ping,
-    Pong,
     Position,
-    Refresh,
-    Refreshed,
-    Subscribe,
-    Subscribed,
-    Unsubscribe,
-    Unsubscribed,
     Welcome,
     encode,
-    parse_client,
     parse_positions,
+    unix_seconds,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +66,6 @@ if TYPE_CHECKING:
     from .hub import Hub
     from .protocols import Authenticator, HandshakeAuthenticator, TopicPolicy, Transport
     from .recovery import Registration
-    from .wire import ClientFrame
 
 __all__ = ["Gateway"]
 
@@ -83,6 +90,13 @@ class Gateway:
       waiting before it is closed as a slow consumer (4008).
     * ``max_topics`` — topics one connection may subscribe to.
     * ``max_bad_frames`` — consecutive invalid frames tolerated before closing with 4400.
+    * ``max_connections`` — connections served at once; one more is closed with 1013.
+    * ``max_user_connections`` — connections of one user served at once; one more is closed
+      with 4409 (anonymous connections count towards ``max_connections`` only).
+    * ``max_frame_rate`` and ``frame_burst`` — client frames per second one connection may
+      send on average, and at once (a token bucket). A frame beyond them is not read: it is
+      answered with a ``rate_limited`` error; a client that sends ``frame_burst`` frames beyond
+      them without slowing down is closed with 4429.
     * ``close_timeout`` — seconds a close may take to flush what was queued and send its close
       frame; a client that does not read them in time has its connection dropped (aborted).
       A slow consumer still reading gets its 4008 if the kernel lets the frame it was sending
@@ -90,6 +104,11 @@ class Gateway:
       buffer, up to 4 MiB on Linux, is free); one that reads nothing is dropped.
     * ``clock`` — the wall clock token expiry is measured against (Unix seconds); tests pass
       their own instead of sleeping.
+    * ``monotonic`` — the clock frame rates (and the log's throttle) are measured with
+      (seconds); likewise for tests.
+
+    Violations of the limits are counted in the hub's metrics and logged, at most one line per
+    kind every 10 seconds (:class:`~notifykit.limits.ThrottledLog`).
 
     Raises :class:`~notifykit.errors.ConfigurationError` for an option that cannot work.
     """
@@ -107,8 +126,13 @@ class Gateway:
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         max_topics: int = 100,
         max_bad_frames: int = 10,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS,
+        max_frame_rate: float = DEFAULT_MAX_FRAME_RATE,
+        frame_burst: int = DEFAULT_FRAME_BURST,
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         by_handshake = getattr(authenticator, "authenticate_handshake", None)
         by_token = getattr(authenticator, "authenticate", None)
@@ -133,20 +157,35 @@ class Gateway:
         self._by_handshake: Callable[[Handshake], Awaitable[Principal | None]] | None = (
             by_handshake if callable(by_handshake) else None
         )
-        self._by_token: Callable[[str], Awaitable[Principal]] | None = (
+        self.verify_token: Callable[[str], Awaitable[Principal]] | None = (
             by_token if callable(by_token) else None
         )
-        self.max_frame_bytes = _at_least("max_frame_bytes", max_frame_bytes, 1)
-        self.queue_size = _at_least("queue_size", queue_size, 1)
-        self.queue_bytes = _at_least("queue_bytes", queue_bytes, 1)
-        self.max_topics = _at_least("max_topics", max_topics, 0)
-        self.max_bad_frames = _at_least("max_bad_frames", max_bad_frames, 1)
+        """The authenticator's ``authenticate(token)``, if it has one (a refresh needs it)."""
+        self.max_frame_bytes = at_least("max_frame_bytes", max_frame_bytes, 1)
+        self.queue_size = at_least("queue_size", queue_size, 1)
+        self.queue_bytes = at_least("queue_bytes", queue_bytes, 1)
+        self.max_topics = at_least("max_topics", max_topics, 0)
+        self.max_bad_frames = at_least("max_bad_frames", max_bad_frames, 1)
+        self.slots = ConnectionSlots(max_connections, max_user_connections)
+        """The connections being served, in all and per user."""
+        self.max_frame_rate = positive_rate("max_frame_rate", max_frame_rate)
+        self.frame_burst = at_least("frame_burst", frame_burst, 1)
         if not isinstance(close_timeout, int | float) or not close_timeout > 0:
             raise ConfigurationError(
                 f"close_timeout must be seconds above 0, not {close_timeout!r}"
             )
         self.close_timeout = float(close_timeout)
         self.clock = clock
+        self.monotonic = monotonic
+        self.limit_log = ThrottledLog(logger, clock=monotonic)
+        """Where violations of the limits are logged, throttled."""
+        self.rate_limited_frame = encode(
+            Error(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.max_frame_rate:g} frames a second "
+                f"(bursts of {self.frame_burst}): frame ignored; slow down",
+            )
+        )
 
     # --- the connection's life ------------------------------------------------------------
 
@@ -159,39 +198,119 @@ class Gateway:
         connection is dropped — and only then does the hub's network bookkeeping run
         (unsubscribe, presence), bounded too. A close never waits on Redis.
         """
-        metrics = self.hub.metrics
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in handshake.subprotocols else None
+        slots = self.slots
+        if not slots.take():
+            self.hub.metrics["connection_limit_refusals"] += 1
+            self.limit_log.warning(
+                "max_connections",
+                "refused a connection from %s: this gateway serves %d connections, its maximum "
+                "(max_connections)",
+                handshake.client or "an unknown address",
+                slots.total,
+                extra={"close_code": CloseCode.TRY_AGAIN_LATER, "client": handshake.client},
+            )
+            await self._refuse(
+                transport,
+                subprotocol,
+                CloseCode.TRY_AGAIN_LATER,
+                "too many connections",
+                handshake.client,
+            )
+            return
+        try:
+            await self._serve(transport, handshake, subprotocol)
+        finally:
+            slots.give_back()
+
+    async def _serve(
+        self, transport: Transport, handshake: Handshake, subprotocol: str | None
+    ) -> None:
+        """Check the client, then serve it (if its user has a connection left)."""
+        metrics = self.hub.metrics
         if not self._origin_allowed(handshake):
             metrics["origin_refusals"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed")
+            await self._refuse(
+                transport, subprotocol, CloseCode.FORBIDDEN, "origin not allowed", handshake.client
+            )
             return
         try:
             principal = await self._authenticate(handshake)
         except AuthenticationError as exc:
             metrics["auth_failures"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc))
+            await self._refuse(
+                transport, subprotocol, CloseCode.UNAUTHORIZED, str(exc), handshake.client
+            )
             return
         try:
             resume = _resume(handshake)
         except ProtocolError as exc:
             metrics["bad_frames"] += 1
-            await self._refuse(transport, subprotocol, CloseCode.BAD_FRAME, str(exc))
+            await self._refuse(
+                transport, subprotocol, CloseCode.BAD_FRAME, str(exc), handshake.client
+            )
             return
         if not self.hub.running:
-            await self._refuse(transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running")
+            await self._refuse(
+                transport, subprotocol, CloseCode.TRY_AGAIN_LATER, "not running", handshake.client
+            )
             return
-
-        connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
+        client = handshake.client
         del handshake  # nothing of the request stays alive as long as the connection
+        user_id = principal.user_id
+        if user_id is not None and not self.slots.take_user(user_id):
+            metrics["user_limit_refusals"] += 1
+            self.limit_log.warning(
+                "max_user_connections",
+                "refused a connection of user %r: it has %d, the maximum (max_user_connections)",
+                user_id[:64],
+                self.slots.per_user,
+                extra={
+                    "close_code": CloseCode.TOO_MANY_CONNECTIONS,
+                    "user_id": user_id,
+                    "client": client,
+                },
+            )
+            await self._refuse(
+                transport,
+                subprotocol,
+                CloseCode.TOO_MANY_CONNECTIONS,
+                f"too many connections for this user (at most {self.slots.per_user})",
+                client,
+            )
+            return
+        connection = Connection(principal, queue_size=self.queue_size, queue_bytes=self.queue_bytes)
+        try:
+            await self._run(connection, transport, subprotocol, resume, client)
+        finally:
+            if user_id is not None:
+                self.slots.give_back_user(user_id)
+
+    async def _run(
+        self,
+        connection: Connection,
+        transport: Transport,
+        subprotocol: str | None,
+        resume: dict[str, Position] | None,
+        client: str | None,
+    ) -> None:
+        """Accept the connection, serve it until it ends, close it, and clean up after it."""
+        metrics = self.hub.metrics
         await transport.accept(subprotocol)
         metrics["connections_opened"] += 1
+        log_opened(connection, client)
         try:
             async with anyio.create_task_group() as writers:
                 await self._converse(connection, transport, writers, resume)
                 self.hub.unregister(connection)
                 if connection.close_code == CloseCode.SLOW_CONSUMER:
                     metrics["slow_consumer_closes"] += 1
-                    logger.warning("closing slow consumer %s", connection.id)
+                    logger.warning(
+                        "closing slow consumer %s of user %r",
+                        connection.id,
+                        connection.user_id,
+                        extra=log_fields(connection),
+                    )
                 deadline = anyio.current_time() + self.close_timeout
                 flushed = True
                 if connection.close_code is not None:
@@ -208,6 +327,8 @@ class Gateway:
                 await self.hub.detach(connection)
             connection.release()
             metrics["connections_closed"] += 1
+            count_end(metrics, connection)
+            log_closed(connection)
 
     async def _converse(
         self,
@@ -224,7 +345,7 @@ class Gateway:
                 Welcome(
                     connection.id,
                     principal.user_id,
-                    _unix(principal.expires_at),
+                    unix_seconds(principal.expires_at),
                     registration.positions,
                     registration.recovered,
                 )
@@ -233,21 +354,32 @@ class Gateway:
         try:
             # close() cancels this scope; its deadline is the token's expiry, which a refresh
             # moves.
-            with anyio.CancelScope(deadline=self._deadline(connection.principal)) as scope:
+            with anyio.CancelScope(deadline=self.deadline(connection.principal)) as scope:
                 connection.bind(scope)
                 # The welcome is queued once registered, before what was missed: it is always
                 # the first frame, and it promises that later notifications will arrive.
                 await self.hub.attach(connection, resume=resume, greeting=welcome)
                 connection.start_sending(transport, writers)
-                await self._read(connection, transport, scope)
+                await Session(self, connection, scope).run(transport)
             if connection.close_code is None and anyio.current_time() >= scope.deadline:
                 connection.close(CloseCode.UNAUTHORIZED, "token expired")
         except (PropagationError, NotRunning) as exc:
-            logger.warning("could not register connection %s: %s", connection.id, exc)
+            logger.warning(
+                "could not register connection %s of user %r: %s",
+                connection.id,
+                connection.user_id,
+                exc,
+                extra=log_fields(connection),
+            )
             connection.release()  # drop the queued welcome: it must not be sent
             connection.close(CloseCode.TRY_AGAIN_LATER, "cannot register now; retry later")
         except Exception:
-            logger.exception("connection %s failed", connection.id)
+            logger.exception(
+                "connection %s of user %r failed",
+                connection.id,
+                connection.user_id,
+                extra=log_fields(connection),
+            )
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(
@@ -266,15 +398,23 @@ class Gateway:
         transport.abort()
         self.hub.metrics["aborted_connections"] += 1
         logger.warning(
-            "connection %s did not take its close frame (%d) within %g s: dropped",
+            "connection %s of user %r did not take its close frame (%d) within %g s: dropped",
             connection.id,
+            connection.user_id,
             code,
             self.close_timeout,
+            extra=log_fields(connection, close_code=code),
         )
 
     async def _refuse(
-        self, transport: Transport, subprotocol: str | None, code: int, reason: str
+        self,
+        transport: Transport,
+        subprotocol: str | None,
+        code: int,
+        reason: str,
+        client: str | None,
     ) -> None:
+        log_refused(code, reason, client)
         # Accept only to close at once: browsers cannot read why a handshake was refused, but
         # they can read a close code and reason.
         await transport.accept(subprotocol)
@@ -282,115 +422,6 @@ class Gateway:
             await transport.close(code, reason)
         if bounded.cancelled_caught:
             transport.abort()
-
-    async def _read(
-        self, connection: Connection, transport: Transport, expiry: anyio.CancelScope
-    ) -> None:
-        bad_frames = 0
-        while True:
-            message = await transport.receive()
-            if message is None:
-                return
-            try:
-                if _too_large(message, self.max_frame_bytes):
-                    raise ProtocolError(
-                        f"frame larger than {self.max_frame_bytes} bytes",
-                        code=ErrorCode.FRAME_TOO_LARGE,
-                    )
-                frame = parse_client(message)
-            except ProtocolError as exc:
-                self.hub.metrics["bad_frames"] += 1
-                bad_frames += 1
-                if bad_frames >= self.max_bad_frames:
-                    connection.close(CloseCode.BAD_FRAME, "too many invalid frames")
-                    return
-                connection.offer(encode(Error(exc.code, str(exc), exc.ref)))
-                await anyio.lowlevel.checkpoint()
-                continue
-            bad_frames = 0
-            await self._handle(connection, frame, expiry)
-            # A client that sends faster than it reads must not starve the connection's writer
-            # (a server's receive returns at once while frames are buffered).
-            await anyio.lowlevel.checkpoint()
-
-    # --- client requests ------------------------------------------------------------------
-
-    async def _handle(
-        self, connection: Connection, frame: ClientFrame, expiry: anyio.CancelScope
-    ) -> None:
-        match frame:
-            case Ping(ref):
-                connection.offer(encode(Pong(ref)))
-            case Subscribe(topic, ref, since):
-                refusal = await self._subscribe(connection, topic, ref, since)
-                if refusal is not None:
-                    connection.offer(encode(refusal))
-            case Unsubscribe(topic, ref):
-                if topic in connection.topics:
-                    await self.hub.unsubscribe(connection, topic)
-                connection.offer(encode(Unsubscribed(topic, ref)))
-            case Refresh(token, ref):
-                connection.offer(encode(await self._refresh(connection, token, ref, expiry)))
-
-    async def _subscribe(
-        self, connection: Connection, topic: str, ref: str | None, since: Position | None
-    ) -> Error | None:
-        """Subscribe, offering ``subscribed`` and what was missed since ``since``; or return
-        why not."""
-        try:
-            validate_topic(topic)
-        except InvalidNotification as exc:
-            return Error(ErrorCode.INVALID_TOPIC, str(exc), ref)
-        if topic not in connection.topics:
-            if len(connection.topics) >= self.max_topics:
-                return Error(ErrorCode.FORBIDDEN, f"at most {self.max_topics} topics", ref)
-            if not await self._may_subscribe(connection.principal, topic):
-                return Error(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {topic!r}", ref)
-
-        def subscribed(registration: Registration) -> str:
-            position = registration.positions.get(topic_key(topic))
-            return encode(Subscribed(topic, ref, position, registration.recovered))
-
-        try:
-            await self.hub.subscribe(connection, topic, since=since, greeting=subscribed)
-        except PropagationError:  # the hub left the connection as it was
-            return Error(ErrorCode.UNAVAILABLE, "subscription failed; retry later", ref)
-        return None
-
-    async def _may_subscribe(self, principal: Principal, topic: str) -> bool:
-        if principal.is_anonymous:
-            return False
-        try:
-            verdict = self.topic_policy(principal, topic)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception:
-            logger.exception("topic policy failed for %r; refusing", topic)
-            return False
-        return verdict is True
-
-    async def _refresh(
-        self, connection: Connection, token: str, ref: str | None, expiry: anyio.CancelScope
-    ) -> Refreshed | Error:
-        if connection.principal.is_anonymous:
-            return Error(ErrorCode.FORBIDDEN, "anonymous connections cannot refresh", ref)
-        if self._by_token is None:
-            return Error(ErrorCode.FORBIDDEN, "this server does not accept tokens", ref)
-        try:
-            principal = await self._by_token(token)
-        except AuthenticationError as exc:
-            return Error(ErrorCode.FORBIDDEN, f"refresh refused: {exc}", ref)
-        if principal.user_id != connection.principal.user_id:
-            return Error(ErrorCode.FORBIDDEN, "refresh token is for another user", ref)
-        connection.principal = principal
-        expiry.deadline = self._deadline(principal)
-        # The new token decides from now on: leave the topics it no longer allows, each
-        # announced with an unsubscribed frame (no ref: the server initiated it).
-        for topic in sorted(connection.topics):
-            if not await self._may_subscribe(principal, topic):
-                await self.hub.unsubscribe(connection, topic)
-                connection.offer(encode(Unsubscribed(topic)))
-        return Refreshed(_unix(principal.expires_at), ref)
 
     # --- checks ---------------------------------------------------------------------------
 
@@ -400,7 +431,7 @@ class Gateway:
             return True
         return origin.rstrip("/").lower() in self.allowed_origins
 
-    def _deadline(self, principal: Principal) -> float:
+    def deadline(self, principal: Principal) -> float:
         """The token's expiry on anyio's clock (``inf`` for a token that never expires)."""
         if principal.expires_at is None:
             return math.inf
@@ -415,34 +446,17 @@ class Gateway:
                 return Principal(None)
             raise AuthenticationError("not authenticated: log in first")
         token = handshake.bearer_token()
-        if token is None or self._by_token is None:
+        if token is None or self.verify_token is None:
             if self.allow_anonymous:
                 return Principal(None)
             raise AuthenticationError(
                 "no token: send 'Authorization: Bearer <jwt>', a 'bearer.<jwt>' subprotocol "
                 "or a 'token' query parameter"
             )
-        return await self._by_token(token)
-
-
-def _too_large(message: str | bytes, limit: int) -> bool:
-    if len(message) > limit:
-        return True
-    # A character is at most 4 UTF-8 bytes: only encode when the count alone cannot tell.
-    return isinstance(message, str) and len(message) * 4 > limit and len(message.encode()) > limit
+        return await self.verify_token(token)
 
 
 def _resume(handshake: Handshake) -> dict[str, Position] | None:
     """The positions of the ``resume`` query parameter, if any (ProtocolError if invalid)."""
     text = handshake.query.get("resume")
     return None if text is None else parse_positions(text)
-
-
-def _unix(expires_at: float | None) -> int | None:
-    return None if expires_at is None else int(expires_at)
-
-
-def _at_least(name: str, value: int, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer of at least {minimum}, not {value!r}")
-    return value

@@ -20,6 +20,7 @@ bounded in time, and never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from .envelope import Envelope, IdGenerator, pack, unpack
+from .connlog import log_fields
+from .envelope import Envelope, IdGenerator, pack
 from .errors import (
     ConfigurationError,
     HistoryOff,
@@ -36,7 +38,9 @@ from .errors import (
     NotRunning,
     PropagationError,
 )
+from .limits import DEFAULT_MAX_DATA_BYTES, ThrottledLog, at_least
 from .memory import MemoryPresence, MemoryPropagator, MemorySocketState
+from .metrics import LatencyHistogram
 from .model import (
     Target,
     ToAuthenticated,
@@ -48,8 +52,9 @@ from .model import (
     users,
     validate_topic,
 )
-from .recovery import Held, Registration, catch_up
-from .wire import CloseCode, Position, with_position
+from .recovery import Registration
+from .router import Router
+from .wire import CloseCode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping
@@ -57,26 +62,11 @@ if TYPE_CHECKING:
 
     from .connection import Connection
     from .protocols import Presence, Propagator, Receiver, SocketState
+    from .wire import Position
 
 __all__ = ["HistoryPage", "Hub"]
 
 logger = logging.getLogger("notifykit.hub")
-
-
-class _Pending:
-    """A subscription in flight that other connections for the same key wait on."""
-
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: BaseException | None = None
-
-    async def wait(self) -> None:
-        await self.done.wait()
-        if self.error is not None:
-            reason = str(self.error) or type(self.error).__name__
-            raise PropagationError(f"subscription failed: {reason}") from self.error
 
 
 def _check_timeout(name: str, value: float, *, zero: bool = False) -> float:
@@ -114,7 +104,9 @@ class Hub:
     propagator to confirm a subscription (and to read history); ``cleanup_timeout`` bounds the
     bookkeeping after a connection ends (unsubscribing, presence); ``replay_limit`` is the most
     notifications replayed per stream to a resuming client (beyond, it is told
-    ``recovered: false`` and refetches). Use it as an async context manager: entering
+    ``recovered: false`` and refetches); ``max_data_bytes`` is the largest ``data`` a
+    notification may carry, in bytes of its JSON encoding (UTF-8). Use it as an async context
+    manager: entering
     starts the propagator, leaving closes every connection with ``1001 going away`` (waiting up
     to ``shutdown_timeout`` seconds for them to go) and stops it.
     """
@@ -129,39 +121,47 @@ class Hub:
         cleanup_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
         replay_limit: int = 1000,
+        max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         self.propagator: Propagator = propagator if propagator is not None else MemoryPropagator()
         self.state: SocketState = socket_state if socket_state is not None else MemorySocketState()
         self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.metrics: Counter[str] = Counter()
-        """Monotonic counters (``notifications_published``, ``frames_delivered``...)."""
+        """Monotonic counters (``notifications_published``, ``frames_delivered``...); see
+        :mod:`notifykit.metrics`."""
         self._subscribe_timeout = _check_timeout("subscribe_timeout", subscribe_timeout)
         self._cleanup_timeout = _check_timeout("cleanup_timeout", cleanup_timeout)
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
         if not isinstance(replay_limit, int) or replay_limit < 1:
             raise ConfigurationError(f"replay_limit must be at least 1, not {replay_limit!r}")
-        self._replay_limit = replay_limit
+        self.router = Router(
+            self.propagator,
+            self.state,
+            metrics=self.metrics,
+            latency=LatencyHistogram(),
+            subscribe_timeout=self._subscribe_timeout,
+            cleanup_timeout=self._cleanup_timeout,
+            replay_limit=replay_limit,
+        )
+        """Routes what the propagator delivers to this instance's connections
+        (:class:`~notifykit.router.Router`)."""
+        self.max_data_bytes = at_least("max_data_bytes", max_data_bytes, 1)
+        """The largest ``data`` :meth:`publish` sends, in bytes of encoded JSON."""
+        self._log = ThrottledLog(logger)
         self._ids = IdGenerator()
-        self._pending: dict[str, _Pending] = {}
         self._running = False
         self._closing = False
         # Every connection between attach() and the end of its detach(): shutdown waits for
         # them, so each has sent its close frame before the propagator stops.
         self._live: set[Connection] = set()
         self._drained: anyio.Event | None = None
-        # Connections joining a key's stream: what arrives live for them is held until their
-        # catch-up (notifykit.recovery) decides what they get.
-        self._joining: dict[str, dict[Receiver, Held]] = {}
-        # The last payload unpacked: a publish to several keys hands the same (unstamped)
-        # payload object for each key in-process, which is then decoded once, not per key.
-        self._unpacked: tuple[bytes, str | None, Position | None, str] = (b"", None, None, "")
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._running or self._closing:
             raise RuntimeError("a hub runs once: this one is already running or was closed")
-        await self.propagator.start(self._deliver)
+        await self.propagator.start(self.router.deliver)
         try:
             await self.presence.start()
         except BaseException:
@@ -198,6 +198,17 @@ class Hub:
                 await self.propagator.aclose()
 
     @property
+    def latency(self) -> LatencyHistogram:
+        """Seconds from a notification's creation (its ``ts``) to its frame being handed to
+        this instance's connections: per payload received (sampled under load), never per
+        connection."""
+        return self.router.latency
+
+    @latency.setter
+    def latency(self, histogram: LatencyHistogram) -> None:
+        self.router.latency = histogram
+
+    @property
     def running(self) -> bool:
         """True between entering and leaving the hub's context."""
         return self._running
@@ -220,15 +231,39 @@ class Hub:
 
         ``exclude`` is a connection id (from the ``welcome`` frame) that will not receive it.
         Raises :class:`~notifykit.errors.InvalidNotification` for a bad event, bad data (not
-        JSON, or nested deeper than :data:`~notifykit.wire.MAX_DATA_DEPTH`),
-        :class:`~notifykit.errors.PropagationError` if it could not be sent, and
-        :class:`~notifykit.errors.NotRunning` outside ``async with hub``.
+        JSON, nested deeper than :data:`~notifykit.wire.MAX_DATA_DEPTH`, or larger than
+        ``max_data_bytes`` encoded), :class:`~notifykit.errors.PropagationError` if it could
+        not be sent, and :class:`~notifykit.errors.NotRunning` outside ``async with hub``.
         """
         self._check_running()
         envelope = Envelope(self._ids(), event, data, target, exclude)
-        await self.propagator.publish(envelope.keys(), pack(envelope))
+        payload = pack(envelope)
+        # The payload holds data and a few hundred bytes more: only a payload over the limit
+        # needs its data measured.
+        if len(payload) > self.max_data_bytes:
+            self._check_data_size(envelope, payload)
+        await self.propagator.publish(envelope.keys(), payload)
         self.metrics["notifications_published"] += 1
         return envelope.id
+
+    def _check_data_size(self, envelope: Envelope, payload: bytes) -> None:
+        """Raise InvalidNotification if the data in ``payload`` is over ``max_data_bytes``:
+        its size is the payload's less that of the same envelope with ``null`` as data."""
+        rest = len(pack(dataclasses.replace(envelope, data=None))) - len(b"null")
+        size = len(payload) - rest
+        if size <= self.max_data_bytes:
+            return
+        self.metrics["data_size_refusals"] += 1
+        self._log.warning(
+            "max_data_bytes",
+            "refused to publish %r: data of %d bytes encoded, over max_data_bytes (%d)",
+            envelope.event[:64],
+            size,
+            self.max_data_bytes,
+        )
+        raise InvalidNotification(
+            f"data too large: {size} bytes encoded as JSON, at most {self.max_data_bytes}"
+        )
 
     async def notify_user(
         self, user_id: str, event: str, data: Any = None, *, exclude: str | None = None
@@ -260,49 +295,6 @@ class Hub:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def _deliver(self, key: str, payload: bytes) -> None:
-        members = self.state.members(key)
-        if not members:
-            return
-        last, exclude, position, frame = self._unpacked
-        if payload is not last:
-            try:
-                exclude, position, frame = unpack(payload)
-            except ValueError:
-                self.metrics["malformed_payloads"] += 1
-                logger.warning("skipped a malformed payload on key %r", key)
-                return
-            if position is not None:  # a stamped payload belongs to this key alone
-                frame = with_position(frame, key, position)
-            self._unpacked = (payload, exclude, position, frame)
-        joining = self._joining.get(key) if self._joining else None
-        if exclude is None and joining is None:  # the hot path
-            for connection in members:
-                connection.offer(frame)
-            sent = len(members)
-        else:
-            sent = 0
-            for connection in members:
-                if connection.id == exclude:
-                    continue
-                if joining is not None and (held := joining.get(connection)) is not None:
-                    held.append((position, frame))
-                    if len(held) > held.limit:
-                        connection.close(CloseCode.SLOW_CONSUMER, "slow consumer: too much held")
-                    continue
-                connection.offer(frame)
-                sent += 1
-        self.metrics["frames_delivered"] += sent
-
-    def _frame(self, key: str, payload: bytes) -> str | None:
-        """The frame of a stamped payload read from ``key``'s history (None if malformed)."""
-        try:
-            _, position, frame = unpack(payload)
-        except ValueError:
-            self.metrics["malformed_payloads"] += 1
-            return None
-        return frame if position is None else with_position(frame, key, position)
-
     # --- registration ---------------------------------------------------------------------
 
     async def attach(
@@ -327,58 +319,20 @@ class Hub:
         self._check_running()
         self._live.add(connection)
         keys = connection.principal.routing_keys()
-        registration = await self._catch_up(connection, keys, resume, greeting)
+        registration = await self.router.catch_up(connection, keys, resume, greeting)
         user_id = connection.principal.user_id
         if user_id is not None:
             try:
                 await self.presence.connected(user_id, connection.id)
             except PropagationError as exc:
                 # Not fatal: delivery works, and the presence heartbeat registers it later.
-                logger.warning("presence could not record %s: %s", connection.id, exc)
-        return registration
-
-    async def _catch_up(
-        self,
-        connection: Connection,
-        keys: tuple[str, ...],
-        resume: Mapping[str, Position] | None,
-        greeting: Callable[[Registration], str] | None,
-    ) -> Registration:
-        """Join ``keys``, holding what arrives live, read their history, wait for the
-        propagator's barrier, then hand the connection its greeting, what it missed and what
-        was held — with no await in between, so nothing can slip in out of order."""
-        held: dict[str, Held] = {}
-        for key in keys:
-            held[key] = self._joining.setdefault(key, {}).setdefault(
-                connection, Held(connection.queue_size)
-            )
-        try:
-            try:
-                await self._join(connection, keys)
-                after = {
-                    key: (resume[key].offset if resume and key in resume else None) for key in keys
-                }
-                with anyio.fail_after(self._subscribe_timeout):
-                    streams = await self.propagator.read(after, self._replay_limit)
-                    if streams:
-                        await self.propagator.barrier(keys)
-            except (PropagationError, TimeoutError) as exc:
-                self._leave_keys(connection, keys)
-                if isinstance(exc, TimeoutError):
-                    raise PropagationError("reading history timed out") from exc
-                raise
-            registration = catch_up(keys, streams, resume, held, self._frame)
-            if greeting is not None:
-                connection.offer(greeting(registration), bounded=False)
-            for frame in registration.frames:
-                connection.offer(frame, bounded=False)
-        finally:
-            for key in keys:
-                joining = self._joining.get(key)
-                if joining is not None:
-                    joining.pop(connection, None)
-                    if not joining:
-                        del self._joining[key]
+                logger.warning(
+                    "presence could not record %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=log_fields(connection),
+                )
         return registration
 
     def unregister(self, connection: Connection) -> None:
@@ -387,7 +341,7 @@ class Hub:
         Keys it leaves empty stay in ``connection.keys`` for :meth:`detach` to unsubscribe.
         Idempotent.
         """
-        self._leave_keys(connection, list(connection.keys))
+        self.router.leave(connection, list(connection.keys))
         connection.topics.clear()
 
     async def detach(self, connection: Connection) -> None:
@@ -411,20 +365,19 @@ class Hub:
 
     async def _forget(self, connection: Connection) -> None:
         # Keys that another connection took again meanwhile stay subscribed.
-        gone = [key for key in connection.keys if not self.state.members(key)]
-        connection.keys.clear()
-        if gone:
-            try:
-                await self.propagator.unsubscribe(gone)
-            except PropagationError as exc:
-                # Harmless: payloads for keys with no connection are dropped on arrival.
-                logger.warning("unsubscribe from %d keys failed: %s", len(gone), exc)
+        await self.router.unsubscribe_orphans(connection, list(connection.keys))
         user_id = connection.principal.user_id
         if user_id is not None:
             try:
                 await self.presence.disconnected(user_id, connection.id)
             except PropagationError as exc:
-                logger.warning("presence could not forget %s: %s", connection.id, exc)
+                logger.warning(
+                    "presence could not forget %s of user %r: %s",
+                    connection.id,
+                    user_id,
+                    exc,
+                    extra=log_fields(connection),
+                )
 
     async def subscribe(
         self,
@@ -453,79 +406,24 @@ class Hub:
             return registration
         connection.topics.add(topic)
         try:
-            return await self._catch_up(
+            return await self.router.catch_up(
                 connection, (key,), None if since is None else {key: since}, greeting
             )
         except PropagationError:
             connection.topics.discard(topic)
-            await self._unsubscribe_orphans(connection, (key,))
+            await self.router.unsubscribe_orphans(connection, (key,))
             raise
-
-    def _leave_keys(self, connection: Connection, keys: Iterable[str]) -> None:
-        """Undo a join that failed: the keys leave routing; keys left empty are unsubscribed
-        by :meth:`detach` (or, for a topic, at once by :meth:`unsubscribe`)."""
-        for key in keys:
-            if (
-                key in connection.keys
-                and connection in self.state.members(key)
-                and not self.state.remove(key, connection)
-            ):
-                connection.keys.discard(key)
 
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Remove ``topic`` from a connection; a no-op if it was not subscribed."""
         connection.topics.discard(topic)
         key = topic_key(topic)
-        self._leave_keys(connection, (key,))
-        await self._unsubscribe_orphans(connection, (key,))
-
-    async def _unsubscribe_orphans(self, connection: Connection, keys: Iterable[str]) -> None:
-        """Unsubscribe those of ``keys`` that ``connection`` left empty, bounded in time."""
-        gone = [key for key in keys if key in connection.keys and not self.state.members(key)]
-        connection.keys.difference_update(keys)
-        if not gone:
-            return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._cleanup_timeout):
-            try:
-                await self.propagator.unsubscribe(gone)
-            except PropagationError as exc:
-                logger.warning("unsubscribe from %s failed: %s", gone, exc)
+        self.router.leave(connection, (key,))
+        await self.router.unsubscribe_orphans(connection, (key,))
 
     def local_connections(self, user_id: str) -> Collection[Receiver]:
         """This instance's connections of ``user_id``."""
         return self.state.members(user_key(user_id))
-
-    async def _join(self, connection: Connection, keys: Iterable[str]) -> None:
-        new: list[str] = []
-        waits: list[_Pending] = []
-        for key in keys:
-            if key in connection.keys:
-                continue
-            connection.keys.add(key)
-            if self.state.add(key, connection):
-                new.append(key)
-            elif (pending := self._pending.get(key)) is not None:
-                waits.append(pending)
-        if new:
-            pending = _Pending()
-            for key in new:
-                self._pending[key] = pending
-            # Shielded: a connection that leaves mid-subscribe must not leave others waiting
-            # on a subscription in an unknown state.
-            with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.fail_after(self._subscribe_timeout):
-                        await self.propagator.subscribe(new)
-                except (PropagationError, TimeoutError) as exc:
-                    pending.error = exc
-                finally:
-                    for key in new:
-                        if self._pending.get(key) is pending:
-                            del self._pending[key]
-                    pending.done.set()
-            waits.append(pending)
-        for pending in waits:
-            await pending.wait()
 
     # --- history --------------------------------------------------------------------------
 
@@ -543,7 +441,7 @@ class Hub:
         found = (await self.propagator.read({stream: after}, limit)).get(stream)
         if found is None:
             raise HistoryOff("history is off: no notification is kept")
-        frames = [self._frame(stream, payload) for _, payload in found.entries]
+        frames = [self.router.frame_of(stream, payload) for _, payload in found.entries]
         return HistoryPage(
             stream, found.epoch, found.last, found.first, [f for f in frames if f is not None]
         )

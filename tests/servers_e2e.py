@@ -165,12 +165,19 @@ def start_command(
     return _start(argv, env=env, health_path=health_path, cwd=cwd)
 
 
-def start_serve(*flags: str, env: dict[str, str] | None = None, port: int | None = None) -> Server:
+def start_serve(
+    *flags: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    launcher: Sequence[str] = (),
+) -> Server:
     """Run ``notifykit serve --port <port> <flags>`` and wait until ``/healthz`` answers.
 
-    ``port`` defaults to a free one; give the port of a stopped server to restart it."""
+    ``port`` defaults to a free one; give the port of a stopped server to restart it.
+    ``launcher`` comes first on the command line (e.g. ``sh -c '<ulimit> && exec "$0" "$@"'``)."""
     return _start(
         lambda port: [
+            *launcher,
             sys.executable,
             "-m",
             "notifykit",

@@ -15,13 +15,10 @@ import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol
-from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from notifykit import Hub, JWTAuthenticator, mint_token
-from notifykit.adapters.websockets import FrameEncoder, NotifyServer, serve
+from notifykit.adapters.websockets import NotifyServer, serve
 from notifykit.protocols import Transport
 
 # The websockets library and Django Channels run on asyncio only.
@@ -56,28 +53,9 @@ def test_the_transport_implements_the_protocol() -> None:
     assert issubclass(WebsocketsTransport, Transport)  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 200_000])
-def test_the_encoder_writes_what_the_protocol_would_write(size: int) -> None:
-    text = "é" * (size // 2) + "x" * (size % 2)
-    protocol: Protocol = ServerProtocol()
-    protocol.state = protocol.state.OPEN
-    protocol.send_text(text.encode())
-    assert FrameEncoder().encode(text) == b"".join(protocol.data_to_send())
-
-
-def test_the_encoder_reuses_the_frame_of_the_same_string_only() -> None:
-    encoder = FrameEncoder()
-    text = json.dumps({"type": "notification", "n": 1})
-    first = encoder.encode(text)
-    assert encoder.encode(text) is first
-    equal_but_other = "".join(text)  # an equal string built anew
-    assert encoder.encode(equal_but_other) == first
-    assert Frame(Opcode.TEXT, text.encode()).serialize(mask=False) == first
-
-
 async def test_a_fan_out_reaches_plain_and_compressed_connections_alike() -> None:
     async with (
-        Hub() as hub,
+        Hub(max_data_bytes=1024 * 1024) as hub,  # a frame bigger than 64 KiB
         serve(hub, AUTH, port=0, websockets_options={"compression": "deflate"}) as server,
         user(server, "42", compression=None) as plain,
         user(server, "42", compression="deflate") as deflated,

@@ -185,11 +185,24 @@ def test_token_with_bad_settings_exits_2_with_one_line(
         pytest.param([], {"NOTIFYKIT_ALLOW_ANONYMOUS": "maybe"}, "ALLOW_ANONYMOUS", id="bool"),
         pytest.param([], {"NOTIFYKIT_PORT": "eighty"}, "NOTIFYKIT_PORT", id="int"),
         pytest.param([], {"NOTIFYKIT_LOG_LEVEL": "loud"}, "log level", id="log-level"),
+        pytest.param([], {"NOTIFYKIT_LOG_FORMAT": "xml"}, "log format", id="log-format"),
         pytest.param(["--queue-size", "0"], {}, "--queue-size", id="queue-size"),
         pytest.param(["--close-timeout", "0"], {}, "--close-timeout", id="close-timeout"),
         pytest.param(
             [], {"NOTIFYKIT_SHUTDOWN_TIMEOUT": "inf"}, "NOTIFYKIT_SHUTDOWN_TIMEOUT", id="inf"
         ),
+        pytest.param(["--max-connections", "0"], {}, "--max-connections", id="max-conns"),
+        pytest.param(
+            [],
+            {"NOTIFYKIT_MAX_USER_CONNECTIONS": "0"},
+            "NOTIFYKIT_MAX_USER_CONNECTIONS",
+            id="max-user-conns",
+        ),
+        pytest.param(["--max-frame-rate", "0"], {}, "--max-frame-rate", id="zero-rate"),
+        pytest.param(["--max-frame-rate", "nan"], {}, "--max-frame-rate", id="nan-rate"),
+        pytest.param(["--frame-burst", "0"], {}, "--frame-burst", id="zero-burst"),
+        pytest.param(["--frame-burst", "1.5"], {}, "--frame-burst", id="fractional-burst"),
+        pytest.param(["--max-data-bytes", "3"], {}, "--max-data-bytes", id="max-data-bytes"),
     ],
 )
 def test_serve_with_bad_or_missing_settings_exits_2_with_one_line(

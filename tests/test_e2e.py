@@ -268,8 +268,10 @@ async def test_connections_are_counted_and_disconnects_leave_no_state(server: Se
 
     async with httpx.AsyncClient(timeout=FRAME_TIMEOUT) as http:
         metrics = (await http.get(f"{server.url}/metrics")).text
-    assert "notifykit_connections 0" in metrics
-    assert "notifykit_propagator_subscriptions 0" in metrics  # nothing left subscribed
+    assert "notifykit_connections 0.0" in metrics.splitlines()
+    assert (
+        "notifykit_propagator_subscriptions 0.0" in metrics.splitlines()
+    )  # nothing left subscribed
 
 
 # --- refresh --------------------------------------------------------------------------------

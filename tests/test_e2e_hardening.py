@@ -43,7 +43,9 @@ from websockets.exceptions import ConnectionClosed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-BASE_FLAGS = ("--jwt-secret", SECRET, "--api-key", API_KEY)
+# Notifications of up to 1 MB, as before the data limit: these faults are about what the
+# server does with big ones (tests/test_e2e_limits.py tests the limit itself).
+BASE_FLAGS = ("--jwt-secret", SECRET, "--api-key", API_KEY, "--max-data-bytes", "1048576")
 
 
 @pytest.fixture
@@ -165,9 +167,9 @@ async def test_a_stalled_client_is_closed_and_its_socket_dropped_and_others_keep
         # 10 MB of notifications: far beyond the 1 MiB queue bound plus what the kernel holds.
         await publish_many(server, "slow", 1_000, 10_000)
         # The slow consumer's close cannot be written: after close_timeout it is dropped.
-        await counter_reaches(server, "notifykit_aborted_connections", 1)
+        await counter_reaches(server, "notifykit_connections_aborted_total", 1)
         counters = await metrics(server)
-        assert counters["notifykit_slow_consumer_closes"] == 1
+        assert counters["notifykit_slow_consumer_closes_total"] == 1
         assert counters["notifykit_connections"] == 1  # only the fast one is left
         # Its TCP connection is gone from the server: no socket, no buffered megabytes.
         assert not server_side_open(server, slow)
@@ -218,7 +220,7 @@ async def test_a_stalled_client_cannot_hold_more_than_its_byte_bound(
     async with stalled_client(server, "hoarder"):
         # 40 different 1 MB notifications: under the 256-frame bound, far over 1 MiB.
         await publish_many(server, "hoarder", 40, 1_000_000)
-        await counter_reaches(server, "notifykit_slow_consumer_closes", 1)
+        await counter_reaches(server, "notifykit_slow_consumer_closes_total", 1)
         # Before the byte bound, all 40 MB stayed queued for as long as the client stayed.
         assert rss_mib(server) - rss_before < 30
 
@@ -231,7 +233,8 @@ async def test_a_burst_sent_before_the_welcome_still_gets_the_welcome_first(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> None:
     # With Redis, registering takes a round trip: the burst is buffered by then.
-    server = start_serve(*BASE_FLAGS, "--redis-url", redis_server.url)
+    # A burst of 1,000 frames is within the rate limit only with a burst of 1,000.
+    server = start_serve(*BASE_FLAGS, "--redis-url", redis_server.url, "--frame-burst", "1000")
     try:
         with log_on_failure(request, server):
             async with client(server, token("bursty")) as ws:

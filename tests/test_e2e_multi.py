@@ -331,13 +331,17 @@ async def test_a_notification_for_one_user_reaches_only_the_instance_holding_tha
     one, two, three = deployment.instances
     async with client(one, token("solo")) as solo_on_1, client(three, token("other")) as on_3:
         await welcome_all(solo_on_1, on_3)
-        before = [(await metrics(s))["notifykit_propagator_received"] for s in (one, two, three)]
+        before = [
+            (await metrics(s))["notifykit_propagator_received_total"] for s in (one, two, three)
+        ]
 
         sent = await publish(two, {"event": "private", "user": "solo"})
         assert (await notification(solo_on_1))["id"] == sent
         await sentinel(two, solo_on_1, on_3)  # a broadcast: one message per instance with clients
 
-        after = [(await metrics(s))["notifykit_propagator_received"] for s in (one, two, three)]
+        after = [
+            (await metrics(s))["notifykit_propagator_received_total"] for s in (one, two, three)
+        ]
         received = [a - b for a, b in zip(after, before, strict=True)]
         # Instance 1: the notification and the sentinel. Instance 3: the sentinel only — the
         # user's channel never reached it. Instance 2 holds no client: it received nothing.
@@ -417,7 +421,9 @@ async def test_a_redis_restart_drops_no_client_and_delivery_resumes_on_every_ins
             sent = await publish(two, {"event": "before", "user": "rex"})
             for ws in (rex_on_1, rex_on_3):
                 assert (await notification(ws))["id"] == sent
-            before = [(await metrics(s))["notifykit_propagator_reconnects"] for s in instances]
+            before = [
+                (await metrics(s))["notifykit_propagator_reconnects_total"] for s in instances
+            ]
 
             redis_server.kill()
             await wait_all_healthy(instances, "degraded")
@@ -435,7 +441,7 @@ async def test_a_redis_restart_drops_no_client_and_delivery_resumes_on_every_ins
                 assert (frame["id"], frame["event"]) == (sent, "after")
                 await send(ws, {"type": "ping"})
                 assert await recv(ws) == {"type": "pong"}
-            after = [(await metrics(s))["notifykit_propagator_reconnects"] for s in instances]
+            after = [(await metrics(s))["notifykit_propagator_reconnects_total"] for s in instances]
             assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
 
             # Presence comes back too: the heartbeats re-register every connection.

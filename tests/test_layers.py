@@ -22,7 +22,17 @@ LAYERS = [
     ),
     (
         "hub and gateway",
-        {"notifykit.connection", "notifykit.gateway", "notifykit.hub", "notifykit.auth"},
+        {
+            "notifykit.connection",
+            "notifykit.gateway",
+            "notifykit.hub",
+            "notifykit.router",
+            "notifykit.session",
+            "notifykit.auth",
+            "notifykit.metrics",
+            "notifykit.connlog",
+            "notifykit.limits",
+        },
     ),
     ("adapters and tools", {"notifykit.adapters", "notifykit.testing"}),
     ("edges", {"notifykit.cli", "notifykit.client", "notifykit.__main__"}),

@@ -343,7 +343,11 @@ async def test_presence_is_registered_again_after_redis_restarts_empty(
         # By design within a heartbeat interval plus backoff jitter; the bound is loose
         # because nothing else could put these entries into the empty Redis.
         await eventually(registered_again, "every local connection registered again")
-        assert a.healthy
+
+        async def a_healthy() -> bool:  # the heartbeat's write lands before it says so
+            return a.healthy
+
+        await eventually(a_healthy, "the heartbeat reporting Redis back")
         assert a.statistics()["heartbeat_failures"] >= 1
         assert await b.online_users() == ["loyal"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 from redis.exceptions import MovedError, ResponseError
 from servers import FAST_RECOVERY, Recorder, RedisServer, eventually
 
@@ -23,7 +24,15 @@ from notifykit import errors
 from notifykit.errors import ConfigurationError, PropagationError
 from notifykit.hub import Hub
 from notifykit.redis import RedisPropagator, propagator_from_url
-from notifykit.redis._subscriptions import Desync, Subscriptions
+from notifykit.redis._subscriptions import (
+    Confirmed,
+    Desync,
+    Lost,
+    Pong,
+    Refused,
+    Subscriptions,
+    Unexpected,
+)
 from notifykit.testing import inbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -393,6 +402,38 @@ async def test_a_killed_subscriber_connection_is_replaced_and_resubscribed(
         assert len(redis_server.pubsub_clients("notifykit-sub")) == 1
 
 
+async def test_a_publish_this_instance_would_miss_is_refused_until_its_subscriber_is_back(
+    redis_server: RedisServer,
+) -> None:
+    recorder = Recorder()
+    options = dict(FAST_RECOVERY, command_timeout=2.0)
+    async with running(redis_server.url, recorder, **options) as propagator:
+        await propagator.subscribe(["u:1"])
+        await propagator.publish(["u:1"], b"before")
+        await recorder.wait_for("u:1", b"before")
+
+        # Redis answers (the publisher's connection works) but the subscriber cannot get back:
+        # the last client slot is taken.
+        holder = redis.Redis(host="127.0.0.1", port=redis_server.port, protocol=2)
+        try:
+            holder.config_set("maxclients", 2)
+            assert holder.client_kill_filter(_type="pubsub") == 1
+            await eventually(lambda: propagator.statistics()["connect_failures"] >= 1)
+            assert not propagator.healthy
+            published = propagator.statistics()["published"]
+            with pytest.raises(PropagationError, match="not subscribed there again"):
+                await propagator.publish(["u:1"], b"would be missed")
+            assert propagator.statistics()["published"] == published  # never sent
+        finally:
+            holder.close()
+
+        # The slot is free: the next publish waits for the subscriber, then goes through.
+        await propagator.publish(["u:1"], b"after")
+        assert propagator.healthy
+        await recorder.wait_for("u:1", b"after")
+        assert recorder.payloads("u:1") == [b"before", b"after"]
+
+
 async def test_a_server_that_stops_answering_is_noticed_by_the_watchdog(
     redis_server: RedisServer,
 ) -> None:
@@ -460,56 +501,35 @@ async def test_aclose_fails_waiting_subscribes_and_releases_connections_and_task
 # --- the subscription bookkeeping, without a server -----------------------------------------
 
 
-class Heard:
-    """A SubscriptionsListener that writes down what it hears."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
-
-    def confirmed(self, channel: bytes) -> None:
-        self.events.append(("confirmed", channel))
-
-    def rejected(self, channels: list[bytes], error: ResponseError) -> None:
-        self.events.append(("rejected", channels))
-
-    def lost(self, channels: list[bytes]) -> None:
-        self.events.append(("lost", channels))
-
-    def pong(self) -> None:
-        self.events.append(("pong", None))
-
-
-def bookkeeping(*, sharded: bool = False) -> tuple[Subscriptions, Heard]:
-    heard = Heard()
-    state = Subscriptions(heard, sharded=sharded)
+def bookkeeping(*, sharded: bool = False) -> Subscriptions:
+    state = Subscriptions(sharded=sharded)
     state.begin()
-    return state, heard
+    return state
 
 
 def test_a_subscription_is_confirmed_by_the_reply_to_the_last_subscribe_only() -> None:
-    state, heard = bookkeeping()
+    state = bookkeeping()
     assert state.want(b"c") is False
     assert state.next_commands() == [b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"]
     state.unwant(b"c")
     assert state.next_commands() == [b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$1\r\nc\r\n"]
     state.want(b"c")
     assert len(state.next_commands()) == 1
-    state.on_reply([b"subscribe", b"c", 1])
-    state.on_reply([b"unsubscribe", b"c", 0])
-    assert heard.events == []  # the first confirmation is undone by the UNSUBSCRIBE after it
-    state.on_reply([b"subscribe", b"c", 1])
-    assert heard.events == [("confirmed", b"c")]
+    # The first confirmation is undone by the UNSUBSCRIBE after it: nothing to report.
+    assert state.on_reply([b"subscribe", b"c", 1]) is None
+    assert state.on_reply([b"unsubscribe", b"c", 0]) is None
+    assert state.on_reply([b"subscribe", b"c", 1]) == Confirmed(b"c")
     state.unwant(b"c")
     assert state.want(b"c") is True  # still held by the server: nothing to send
     assert state.next_commands() == []
 
 
 def test_many_wanted_channels_go_out_as_one_command_and_sharded_ones_one_per_slot() -> None:
-    state, _ = bookkeeping()
+    state = bookkeeping()
     for index in range(50):
         state.want(b"nk:u:%d" % index)
     assert len(state.next_commands()) == 1
-    sharded, _ = bookkeeping(sharded=True)
+    sharded = bookkeeping(sharded=True)
     for index in range(50):
         sharded.want(b"nk:u:%d" % index)
     commands = sharded.next_commands()
@@ -518,27 +538,35 @@ def test_many_wanted_channels_go_out_as_one_command_and_sharded_ones_one_per_slo
 
 
 def test_a_subscription_the_server_dropped_by_itself_is_reported_lost() -> None:
-    state, heard = bookkeeping(sharded=True)
+    state = bookkeeping(sharded=True)
     state.want(b"c")
     state.next_commands()
-    state.on_reply([b"ssubscribe", b"c", 1])
-    state.on_reply([b"sunsubscribe", b"c", 0])  # the slot moved away
-    assert heard.events == [("confirmed", b"c"), ("lost", [b"c"])]
+    assert state.on_reply([b"ssubscribe", b"c", 1]) == Confirmed(b"c")
+    assert state.on_reply([b"sunsubscribe", b"c", 0]) == Lost([b"c"])  # the slot moved away
 
 
 def test_a_refused_subscribe_reports_its_channels_and_a_moved_one_reports_them_lost() -> None:
-    state, heard = bookkeeping(sharded=True)
+    state = bookkeeping(sharded=True)
     state.want(b"a")
     state.next_commands()
-    state.on_error(ResponseError("NOPERM this user has no permissions"))
+    refusal = ResponseError("NOPERM this user has no permissions")
+    assert state.on_error(refusal) == Refused([b"a"], refusal)
     state.want(b"b")
     state.next_commands()
-    state.on_error(MovedError("3999 127.0.0.1:7001"))
-    assert heard.events == [("rejected", [b"a"]), ("lost", [b"b"])]
+    assert state.on_error(MovedError("3999 127.0.0.1:7001")) == Lost([b"b"])
+
+
+def test_a_pong_answers_the_watchdog_and_an_unknown_reply_is_reported_unexpected() -> None:
+    state = bookkeeping()
+    state.request_ping()
+    state.next_commands()
+    assert state.on_reply(b"PONG") == Pong()
+    assert state.on_reply([b"something", b"else"]) == Unexpected([b"something", b"else"])
+    assert state.unexpected_replies == 1
 
 
 def test_a_pong_outside_pubsub_mode_while_subscribed_means_the_subscriptions_are_gone() -> None:
-    state, _ = bookkeeping()
+    state = bookkeeping()
     state.want(b"c")
     state.next_commands()
     state.on_reply([b"subscribe", b"c", 1])
@@ -549,7 +577,7 @@ def test_a_pong_outside_pubsub_mode_while_subscribed_means_the_subscriptions_are
 
 
 def test_replies_that_match_no_command_mean_the_connection_cannot_be_trusted() -> None:
-    state, _ = bookkeeping()
+    state = bookkeeping()
     with pytest.raises(Desync, match="nobody asked for"):
         state.on_reply([b"subscribe", b"x", 1])
     with pytest.raises(Desync, match="out of turn"):
@@ -558,11 +586,10 @@ def test_replies_that_match_no_command_mean_the_connection_cannot_be_trusted() -
     state.next_commands()
     with pytest.raises(Desync, match="holds 2 subscriptions, 1 expected"):
         state.on_reply([b"subscribe", b"c", 2])
-    assert state.on_reply([b"something", b"else"]) is False
 
 
 def test_after_a_reconnect_it_is_restored_only_once_every_earlier_channel_is_confirmed() -> None:
-    state, _ = bookkeeping()
+    state = bookkeeping()
     for count, channel in enumerate((b"a", b"b"), start=1):
         state.want(channel)
         state.next_commands()
@@ -581,7 +608,7 @@ def test_after_a_reconnect_it_is_restored_only_once_every_earlier_channel_is_con
 
 
 def test_a_channel_unwanted_during_the_restore_is_not_waited_for() -> None:
-    state, _ = bookkeeping()
+    state = bookkeeping()
     state.want(b"a")
     state.begin()
     state.unwant(b"a")

@@ -492,6 +492,8 @@ def test_close_codes_are_the_documented_ones() -> None:
         "FORBIDDEN": 4003,
         "SLOW_CONSUMER": 4008,
         "BAD_FRAME": 4400,
+        "TOO_MANY_CONNECTIONS": 4409,
+        "RATE_LIMITED": 4429,
     }
 
 
@@ -504,6 +506,7 @@ def test_error_codes_are_the_documented_ones() -> None:
         "FORBIDDEN": "forbidden",
         "INVALID_TOPIC": "invalid_topic",
         "UNAVAILABLE": "unavailable",
+        "RATE_LIMITED": "rate_limited",
     }
 
 

@@ -22,7 +22,7 @@ frame to the socket at once, unless the socket's write buffer is above its high-
 (``write_limit``) — then it says False and the connection's writer task awaits ``websockets``'
 own ``send``, which waits for the buffer to drain. A server's text frame is the same bytes for
 every client when no extension (compression) was negotiated, so the handler encodes each
-notification to its websocket frame once (:class:`FrameEncoder`) and every connection it is
+notification to its websocket frame once (:class:`FrameCache`) and every connection it is
 delivered to writes those bytes; a connection with an extension goes through its protocol's
 ``send_text`` instead.
 
@@ -42,7 +42,6 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed, InvalidHeader
-from websockets.frames import Frame, Opcode
 from websockets.headers import parse_subprotocol
 from websockets.protocol import State
 
@@ -50,6 +49,7 @@ from ..errors import TransportClosed
 from ..gateway import Gateway
 from ..model import Handshake
 from ..wire import SUBPROTOCOL, CloseCode
+from ._framing import FrameCache
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Sequence
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
     from ..protocols import Authenticator, HandshakeAuthenticator, TopicPolicy
 
 __all__ = [
-    "FrameEncoder",
     "NotifyHandler",
     "NotifyServer",
     "WebsocketsTransport",
@@ -109,25 +108,6 @@ def handshake_from_connection(connection: ServerConnection) -> Handshake:
     )
 
 
-class FrameEncoder:
-    """Encodes a text message to a server's websocket frame (no mask, no extension), and
-    remembers the last one: the hub offers the same string to every connection a notification
-    is delivered to, so a fan-out encodes it once."""
-
-    __slots__ = ("_frame", "_text")
-
-    def __init__(self) -> None:
-        self._text = ""
-        self._frame = Frame(Opcode.TEXT, b"").serialize(mask=False)
-
-    def encode(self, text: str) -> bytes:
-        """The frame carrying ``text``."""
-        if text is not self._text:
-            self._frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-            self._text = text
-        return self._frame
-
-
 class WebsocketsTransport:
     """:class:`~notifykit.protocols.Transport` over a ``websockets`` asyncio
     ``ServerConnection`` (see the module docstring for how sending works). Transports of one
@@ -135,9 +115,9 @@ class WebsocketsTransport:
 
     __slots__ = ("_encoder", "_ws")
 
-    def __init__(self, connection: ServerConnection, encoder: FrameEncoder | None = None) -> None:
+    def __init__(self, connection: ServerConnection, encoder: FrameCache | None = None) -> None:
         self._ws = connection
-        self._encoder = encoder if encoder is not None else FrameEncoder()
+        self._encoder = encoder if encoder is not None else FrameCache()
 
     async def accept(self, subprotocol: str | None) -> None:
         """Nothing to do: ``websockets`` completed the handshake (and selected the
@@ -164,7 +144,7 @@ class WebsocketsTransport:
             protocol.send_text(frame.encode())
             ws.send_data()
         else:  # what send_text + send_data would write, encoded once for every connection
-            ws.transport.write(self._encoder.encode(frame))
+            ws.transport.write(self._encoder.frame(frame))
         return True
 
     async def send(self, frame: str) -> None:
@@ -201,7 +181,7 @@ class NotifyHandler:
     def __init__(self, gateway: Gateway, *, path: str | None = "/ws") -> None:
         self.gateway = gateway
         self.path = path
-        self._encoder = FrameEncoder()
+        self._encoder = FrameCache()
 
     async def __call__(self, connection: ServerConnection) -> None:
         """Serve one connection, from welcome to close."""

@@ -83,14 +83,12 @@ def build_backends(settings: Settings) -> Backends:
     where = _where(url, flag)
 
     from ..redis import RedisPresence, propagator_from_url
-    from ..redis.propagator import channel_prefix
+    from ..redis._channels import ChannelNames
 
     try:  # checked apart from the URL, so that the error names the flag at fault
-        channel_prefix(prefix)
+        ChannelNames(prefix, cluster=cluster)
     except ConfigurationError as exc:
         raise UsageError(f"--redis-prefix {prefix!r}: {exc}") from None
-    if cluster and ("{" in prefix or "}" in prefix):  # the cluster propagator's own rule
-        raise UsageError(f"--redis-prefix {prefix!r}: a cluster prefix must not contain {{ or }}")
 
     try:
         propagator = propagator_from_url(

@@ -30,12 +30,14 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
+    "SPARE_DESCRIPTORS",
     "add_serve_parser",
     "build_app",
     "build_authenticator",
     "dev_settings",
     "own_command",
     "print_dev_info",
+    "raise_descriptor_limit",
     "serve_command",
 ]
 
@@ -69,8 +71,12 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         backends.propagator,
         presence=backends.presence,
         shutdown_timeout=settings.shutdown_timeout,
+        max_data_bytes=settings.max_data_bytes,
     )
     app = build_app(hub, authenticator, settings)
+    shortage = raise_descriptor_limit(settings.max_connections)
+    if shortage:
+        print(f"notifykit: warning: {shortage}", file=sys.stderr, flush=True)
     if settings.dev:
         print_dev_info(settings, authenticator)
     if settings.demo:
@@ -96,6 +102,10 @@ def build_app(hub: Hub, authenticator: JWTAuthenticator, settings: Settings) -> 
         queue_size=settings.queue_size,
         queue_bytes=settings.queue_bytes,
         max_frame_bytes=settings.max_frame_bytes,
+        max_connections=settings.max_connections,
+        max_user_connections=settings.max_user_connections,
+        max_frame_rate=settings.max_frame_rate,
+        frame_burst=settings.frame_burst,
         close_timeout=settings.close_timeout,
     )
     if settings.demo:
@@ -104,6 +114,39 @@ def build_app(hub: Hub, authenticator: JWTAuthenticator, settings: Settings) -> 
         tokens = DemoTokens.matching(authenticator, settings.jwt_secret, settings.topics_claim)
         app.http.router.routes.extend(demo_routes(hub, tokens))
     return app
+
+
+SPARE_DESCRIPTORS = 256
+"""File descriptors ``serve`` keeps for more than its websockets: the listening socket, Redis,
+HTTP requests, and connections being refused."""
+
+
+def raise_descriptor_limit(max_connections: int) -> str | None:
+    """Raise this process's soft limit of open files (``ulimit -n``) towards what
+    ``max_connections`` websockets need (up to the hard limit, as Go's runtime does); return a
+    warning if it still falls short, else None."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    needed = max_connections + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and soft < needed:
+        target = needed if hard == unlimited else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == unlimited or soft >= needed:
+        return None
+    return (
+        f"--max-connections {max_connections} needs about {needed} open files, but this "
+        f"process may open {soft} (ulimit -n, hard limit {hard}): beyond about "
+        f"{max(0, soft - SPARE_DESCRIPTORS)} connections, new ones fail instead of getting "
+        "1013. Raise the limit (ulimit -n, LimitNOFILE=) or lower --max-connections."
+    )
 
 
 def dev_settings(settings: Settings) -> Settings:

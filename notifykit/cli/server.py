@@ -32,16 +32,14 @@ nor closes the socket. See "Choice of websocket implementation" in ``docs/cli.md
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
 import os
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
-from .logs import RedactTokens
+from .logs import logging_config
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -170,6 +168,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     ``handshake_exc`` and ``data_to_send()`` are public), ``handshake_initiated``,
     ``transport``."""
 
+    _lingering = False
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if (
@@ -179,6 +179,28 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.transport.close()
+
+    def handle_parser_exception(self) -> None:
+        """A frame websockets refuses (``1009`` beyond the size limit, ``1002`` for a protocol
+        error). uvicorn writes the close frame and closes the socket at once, while the rest of
+        the refused frame is still arriving: the kernel answers those bytes with a reset, which
+        destroys the close frame before the client reads it (half the 4 MB frames lost it).
+        Here the close frame is written, then the end of the stream (FIN), and what still
+        arrives is read and discarded until the client closes — for at most uvicorn's
+        ``close_timeout``, the time it gives a client to answer a close. uvicorn internals:
+        ``conn``, ``queue``, ``close_sent``, ``close_timer``, ``close_timeout``, ``loop``."""
+        if self._lingering:  # called again for each chunk that arrives meanwhile
+            return
+        self._lingering = True
+        sent = self.conn.close_sent
+        code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.close_timer is None:
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
 
 class NotifyServer(uvicorn.Server):
@@ -204,27 +226,6 @@ class NotifyServer(uvicorn.Server):
         await super().shutdown(sockets)  # 5. HTTP connections, then the lifespan
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging configuration, plus notifykit's loggers beside it, with the ``token``
-    query parameter redacted from every line either prints."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact_tokens": {"()": RedactTokens}}
-    config["formatters"]["notifykit"] = {"format": "%(levelname)s:  %(name)s: %(message)s"}
-    config["handlers"]["notifykit"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "notifykit",
-        "stream": "ext://sys.stderr",
-    }
-    for handler in config["handlers"].values():
-        handler["filters"] = ["redact_tokens"]
-    config["loggers"]["notifykit"] = {
-        "handlers": ["notifykit"],
-        "level": level.upper(),
-        "propagate": False,
-    }
-    return config
-
-
 def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
     """Run ``app`` under uvicorn until SIGINT/SIGTERM; 0 after a clean stop, 3 if it could
     not start (port in use, startup failed)."""
@@ -236,7 +237,7 @@ def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
         ws=GuardedWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes * WS_SIZE_FACTOR,
         lifespan="on",
-        log_config=log_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.close_timeout),  # uvicorn takes an int
     )

@@ -17,6 +17,14 @@ import sys
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..limits import (
+    DEFAULT_FRAME_BURST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DATA_BYTES,
+    DEFAULT_MAX_FRAME_RATE,
+    DEFAULT_MAX_USER_CONNECTIONS,
+)
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
@@ -25,6 +33,7 @@ __all__ = [
     "DEFAULT_PRESENCE_TTL",
     "DEFAULT_REDIS_PREFIX",
     "ENV_PREFIX",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "SETTINGS",
     "CommandFailed",
@@ -38,6 +47,7 @@ __all__ = [
 
 ENV_PREFIX = "NOTIFYKIT_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 DEFAULT_REDIS_PREFIX = "notifykit"
 """The Redis channel and key prefix when ``--redis-prefix`` is not given."""
 DEFAULT_PRESENCE_TTL = 30.0
@@ -104,6 +114,34 @@ SETTINGS: Mapping[str, Setting] = {
     "max_publish_bytes": Setting(
         "int", 1024 * 1024, "largest POST /publish body (413 beyond)", minimum=1
     ),
+    "max_data_bytes": Setting(
+        "int",
+        DEFAULT_MAX_DATA_BYTES,
+        "largest notification data, in bytes of JSON (400 / InvalidNotification beyond)",
+        minimum=4,
+    ),
+    "max_connections": Setting(
+        "int",
+        DEFAULT_MAX_CONNECTIONS,
+        "websocket connections served at once (1013 beyond)",
+        minimum=1,
+    ),
+    "max_user_connections": Setting(
+        "int",
+        DEFAULT_MAX_USER_CONNECTIONS,
+        "websocket connections of one user served at once (4409 beyond)",
+        minimum=1,
+    ),
+    "max_frame_rate": Setting(
+        "float",
+        DEFAULT_MAX_FRAME_RATE,
+        "client frames per second per connection (rate_limited errors, then 4429, beyond)",
+        minimum=0,
+        exclusive=True,
+    ),
+    "frame_burst": Setting(
+        "int", DEFAULT_FRAME_BURST, "client frames a connection may send at once", minimum=1
+    ),
     "close_timeout": Setting(
         "float",
         5.0,
@@ -126,6 +164,7 @@ SETTINGS: Mapping[str, Setting] = {
         exclusive=True,
     ),
     "log_level": Setting("str", "info", "log level"),
+    "log_format": Setting("str", "text", "log lines: text, or json (one object per line)"),
     "redis_url": Setting("str", None, "Redis URL: propagation and presence across instances"),
     "redis_cluster_url": Setting("str", None, "any node of a Redis Cluster (sharded pub/sub)"),
     "redis_prefix": Setting(
@@ -191,10 +230,16 @@ class Settings:
     queue_bytes: int = 1024 * 1024
     max_frame_bytes: int = 64 * 1024
     max_publish_bytes: int = 1024 * 1024
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS
+    max_frame_rate: float = DEFAULT_MAX_FRAME_RATE
+    frame_burst: int = DEFAULT_FRAME_BURST
     close_timeout: float = 5.0
     shutdown_timeout: float = 5.0
     header_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
     redis_url: str | None = None
     redis_cluster_url: str | None = None
     redis_prefix: str | None = None
@@ -231,6 +276,8 @@ def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
             parser.add_argument(flag, action="store_true", default=None, help=help)
         elif dest == "log_level":
             parser.add_argument(flag, default=None, choices=LOG_LEVELS, help=help)
+        elif dest == "log_format":
+            parser.add_argument(flag, default=None, choices=LOG_FORMATS, help=help)
         else:
             action = "append" if setting.kind == "list" else "store"
             parser.add_argument(flag, action=action, default=None, help=help)
@@ -254,6 +301,8 @@ def read_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
             values[dest] = _convert(f"{name}={raw!r}", setting, raw)
     if values.get("log_level", "info") not in LOG_LEVELS:
         raise UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+    if values.get("log_format", "text") not in LOG_FORMATS:
+        raise UsageError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
     if getattr(args, "command", None) == "serve":
         check_listen_address(settings.host, settings.port)

@@ -180,7 +180,8 @@ async def open_connection(
 ) -> RedisConnection:
     """Connect and log in, within ``settings.connect_timeout`` for the whole handshake.
 
-    Raises what redis-py or the socket raise (see :data:`~._errors.CONNECTION_ERRORS`).
+    Raises what redis-py or the socket raise (callers translate it with
+    :func:`~._errors.map_redis_errors`).
     """
     connection = endpoint.new_connection(settings, role, socket_timeout=socket_timeout)
     try:

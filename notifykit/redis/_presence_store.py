@@ -12,14 +12,10 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ._errors import CONNECTION_ERRORS, propagation_error
-
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
 
     from redis.asyncio import Redis, RedisCluster
-
-    from ..errors import PropagationError
 
 __all__ = ["BUCKETS", "Command", "PresenceStore"]
 
@@ -62,23 +58,20 @@ class PresenceStore:
     ``:presence``), through ``client``, which the caller owns (and closes).
 
     Entries written live ``ttl_ms``; a user's key itself expires ``key_ttl_ms`` after its last
-    write. The ``async`` methods raise :class:`~notifykit.errors.PropagationError` when Redis
-    (at ``address``, named in messages) is unreachable, except :meth:`sync_clock`,
-    :meth:`now_ms` and :meth:`execute`, which leave redis-py's errors to the caller.
+    write. The ``async`` methods raise what redis-py raises: the caller,
+    :class:`~notifykit.redis.RedisPresence`, translates it at its boundary.
     """
 
     def __init__(
         self,
         client: Redis | RedisCluster,
         *,
-        address: str,
         prefix: str,
         instance_id: str,
         ttl_ms: int,
         key_ttl_ms: int,
     ) -> None:
         self._client = client
-        self._address = address
         self._prefix = prefix
         self._clock_key = f"{prefix}:{{0}}:clock"  # never written; routes TIME
         self._instance_id = instance_id
@@ -115,10 +108,6 @@ class PresenceStore:
         if offset is None:
             offset = await self.sync_clock()
         return int(time.monotonic() * 1000 + offset)
-
-    def error(self, action: str, exc: BaseException) -> PropagationError:
-        """The :class:`~notifykit.errors.PropagationError` for ``exc`` raised during ``action``."""
-        return propagation_error(action, self._address, exc)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -213,22 +202,16 @@ class PresenceStore:
 
     async def is_online(self, user_id: str) -> bool:
         """True if ``user_id`` has a live connection on any instance (one round trip)."""
-        try:
-            now = await self.now_ms()
-            key = self._user_key(user_id, _bucket(user_id))
-            count = await self._client.execute_command("ZCOUNT", key, f"({now}", "+inf")
-        except CONNECTION_ERRORS as exc:
-            raise self.error("read presence", exc) from exc
+        now = await self.now_ms()
+        key = self._user_key(user_id, _bucket(user_id))
+        count = await self._client.execute_command("ZCOUNT", key, f"({now}", "+inf")
         return int(count) > 0
 
     async def connections_of(self, user_id: str) -> list[str]:
         """The ids of ``user_id``'s live connections on every instance (one round trip)."""
-        try:
-            now = await self.now_ms()
-            key = self._user_key(user_id, _bucket(user_id))
-            members = await self._client.execute_command("ZRANGEBYSCORE", key, f"({now}", "+inf")
-        except CONNECTION_ERRORS as exc:
-            raise self.error("read presence", exc) from exc
+        now = await self.now_ms()
+        key = self._user_key(user_id, _bucket(user_id))
+        members = await self._client.execute_command("ZRANGEBYSCORE", key, f"({now}", "+inf")
         seen: dict[str, None] = {}
         for member in members:
             seen[str(member).partition("/")[2]] = None
@@ -236,33 +219,27 @@ class PresenceStore:
 
     async def counts(self) -> list[int]:
         """How many live users each index lists (one pipeline of :data:`BUCKETS` ZCOUNTs)."""
-        try:
-            now = await self.now_ms()
-            pipe = self._client.pipeline(transaction=False)
-            for bucket in range(BUCKETS):
-                pipe.execute_command("ZCOUNT", self._index_key(bucket), f"({now}", "+inf")
-            counts = await pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise self.error("read presence", exc) from exc
+        now = await self.now_ms()
+        pipe = self._client.pipeline(transaction=False)
+        for bucket in range(BUCKETS):
+            pipe.execute_command("ZCOUNT", self._index_key(bucket), f"({now}", "+inf")
+        counts = await pipe.execute()
         return [int(count) for count in counts]
 
     async def online_users(self, limit: int) -> list[str]:
         """Up to ``limit`` (above 0) live users (two round trips: count the indexes, then read
         from each no more than its share)."""
         counts = await self.counts()
-        try:
-            now = await self.now_ms()
-            pipe = self._client.pipeline(transaction=False)
-            remaining = limit
-            for bucket, count in enumerate(counts):
-                take = min(count, remaining)
-                if take <= 0:
-                    continue
-                remaining -= take
-                key = self._index_key(bucket)
-                pipe.execute_command("ZRANGEBYSCORE", key, f"({now}", "+inf", "LIMIT", 0, take)
-            results = await pipe.execute() if remaining < limit else []
-        except CONNECTION_ERRORS as exc:
-            raise self.error("read presence", exc) from exc
+        now = await self.now_ms()
+        pipe = self._client.pipeline(transaction=False)
+        remaining = limit
+        for bucket, count in enumerate(counts):
+            take = min(count, remaining)
+            if take <= 0:
+                continue
+            remaining -= take
+            key = self._index_key(bucket)
+            pipe.execute_command("ZRANGEBYSCORE", key, f"({now}", "+inf", "LIMIT", 0, take)
+        results = await pipe.execute() if remaining < limit else []
         users = [str(user) for result in results for user in result]
         return users[:limit]

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import PropagationError
 from ._connection import close_quietly, open_connection
-from ._errors import PublishFailed, describe, propagation_error
+from ._errors import PublishFailed, describe, map_redis_errors
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -111,6 +111,19 @@ class Publisher:
             self._wake.set()
             await future
 
+    async def check(self) -> None:
+        """Return once the connection is up, opening it if needed (no command is sent); raise
+        :class:`~notifykit.errors.PropagationError` if Redis cannot be reached."""
+        if self._task is None:
+            raise PropagationError("the propagator is closed")
+        future = asyncio.get_running_loop().create_future()
+        async with self._room:
+            if self._task is None:
+                raise PropagationError("the propagator is closed")
+            self._queue.append(_Job([], (), future))
+            self._wake.set()
+            await future
+
     COUNTERS = ("published", "publish_errors", "publish_batches", "publisher_connects")
     """The names :meth:`counters` returns."""
 
@@ -143,10 +156,13 @@ class Publisher:
             if jobs:
                 await self._flush(jobs, parts, count)
 
-    async def _flush(self, jobs: list[_Job], parts: list[bytes], count: int) -> None:
+    async def _send(self, parts: list[bytes], count: int) -> list[object]:
+        """Write ``count`` commands and read their replies (a refusal is a reply)."""
         replies: list[object] = []
-        try:
+        with map_redis_errors("publish", self.endpoint.address):
             connection = await self._connect()
+            if not parts:  # only a check() is waiting
+                return replies
             async with asyncio.timeout(self._settings.command_timeout):
                 await connection.send_packed_command(parts, check_health=False)
                 read = connection.read_response
@@ -155,25 +171,35 @@ class Publisher:
                         replies.append(await read())
                     except ResponseError as exc:
                         replies.append(exc)
-        except Exception as exc:
+        return replies
+
+    async def _flush(self, jobs: list[_Job], parts: list[bytes], count: int) -> None:
+        try:
+            replies = await self._send(parts, count)
+        except Exception as exc:  # the flusher must outlive anything, even a bug
             await self._drop()
             self.publish_errors += len(jobs)
-            if not self._failing:
-                self._failing = True
-                logger.warning(
-                    "publishing to Redis at %s failed: %s", self.endpoint.address, describe(exc)
-                )
+            address = self.endpoint.address
+            if isinstance(exc, PropagationError):
+                message, cause = str(exc), exc.__cause__ or exc
+                if not self._failing:
+                    logger.warning("publishing to Redis at %s failed: %s", address, describe(cause))
+            else:  # a bug: say so loudly, and still answer every caller
+                message, cause = f"could not publish (Redis at {address}): {describe(exc)}", exc
+                logger.error("publishing to Redis at %s failed", address, exc_info=exc)
+            self._failing = True
             for job in jobs:
                 if not job.future.done():
-                    error = propagation_error("publish", self.endpoint.address, exc)
-                    error.__cause__ = exc
+                    error = PropagationError(message)
+                    error.__cause__ = cause
                     job.future.set_exception(error)
             return
         if self._failing:
             self._failing = False
             logger.info("publishing to Redis at %s works again", self.endpoint.address)
-        self.publish_batches += 1
-        self.published += count
+        if count:
+            self.publish_batches += 1
+            self.published += count
         index = 0
         for job in jobs:
             errors: list[tuple[bytes, ResponseError]] | None = None

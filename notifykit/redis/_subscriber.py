@@ -1,7 +1,7 @@
 """One subscriber connection to one Redis server, kept subscribed to a wanted set of channels.
 
-The owner (a propagator) edits the wanted set through :meth:`~Subscriber.want` and
-:meth:`~Subscriber.unwant`, synchronously and in call order; the bookkeeping is the sans-I/O
+The owner edits the wanted set through :meth:`~Subscriber.want` and :meth:`~Subscriber.unwant`,
+synchronously and in call order; the bookkeeping is the sans-I/O
 :class:`~._subscriptions.Subscriptions`. A supervisor task keeps one *session* alive at a time,
 reconnecting with capped, jittered backoff; each session runs three tasks on one connection:
 
@@ -9,97 +9,105 @@ reconnecting with capped, jittered backoff; each session runs three tasks on one
   storm of a thousand ``subscribe()`` calls becomes one round trip;
 * the **reader** reads every reply as it arrives and hands messages to ``deliver`` inline
   through a ``channel -> key`` table (no parsing, no allocation beyond hiredis's own); other
-  replies go to the bookkeeping;
+  replies go to the bookkeeping, and what they mean to the owner's
+  :class:`SubscriberListener`;
 * the **watchdog** sends a ``PING`` every ``health_check_interval`` and ends the session if no
   answer comes within ``command_timeout`` (a silently dead socket) or if the answer shows the
   connection has left pub/sub mode (it lost its subscriptions).
 
-A new session subscribes to every wanted channel again.
+A new session subscribes to every wanted channel again; the subscriber is :attr:`healthy` once
+Redis has confirmed every one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from redis.exceptions import ResponseError
 
 from ._connection import backoff, close_quietly, open_connection
-from ._errors import CONNECTION_ERRORS, describe
-from ._subscriptions import Desync, Subscriptions
+from ._errors import describe, is_outage
+from ._subscriptions import Confirmed, Desync, Lost, Pong, Refused, Subscriptions, Unexpected
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Iterable
 
     from ..protocols import Deliver
+    from ._channels import ChannelNames
     from ._connection import Endpoint, RedisConnection, Settings
+    from ._subscriptions import Reply
 
-__all__ = ["Subscriber", "SubscriberOwner"]
+__all__ = ["Disconnected", "Event", "Subscriber", "SubscriberListener"]
 
 logger = logging.getLogger("notifykit.redis")
 
 _STABLE_SESSION = 1.0  # seconds: a session that lived this long resets the backoff
 
 
-class SubscriberOwner(Protocol):
-    """What a subscriber reports to the propagator that owns it."""
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The subscriber lost its connection (it reconnects by itself)."""
 
-    def on_confirmed(self, channel: bytes) -> None:
-        """Redis confirmed the subscription to ``channel``."""
-        ...
 
-    def on_rejected(
-        self, subscriber: Subscriber, channels: list[bytes], error: ResponseError
-    ) -> None:
-        """Redis refused to subscribe to ``channels`` (an ACL error, say)."""
-        ...
+Event: TypeAlias = Confirmed | Refused | Lost | Disconnected
+"""What a subscriber tells its owner."""
 
-    def on_lost(self, subscriber: Subscriber, channels: list[bytes]) -> None:
-        """Redis dropped (or redirected) wanted ``channels``: a cluster slot moved."""
-        ...
+_DISCONNECTED = Disconnected()
 
-    def on_connection_change(self, subscriber: Subscriber, connected: bool) -> None:
-        """The subscriber connected, or lost its connection."""
+
+class SubscriberListener(Protocol):
+    """Who hears what happens to a subscriber's subscriptions (its owner)."""
+
+    def on_event(self, subscriber: Subscriber, event: Event) -> None:
+        """``event`` happened on ``subscriber``; called inline, so it must not block."""
         ...
 
 
 class Subscriber:
     """Keeps one connection to ``endpoint`` subscribed to :attr:`wanted`.
 
-    ``routes`` maps channel to routing key (the owner keeps it); ``prefix`` is the channel
-    prefix, to tell a late message on a channel just left from one that is not ours. With
-    ``sharded``, it uses ``SSUBSCRIBE`` (Redis Cluster sharded pub/sub).
+    ``routes`` maps channel to routing key (the owner keeps it); ``names`` tells a late message
+    on a channel just left from one that is not ours. With ``sharded``, it uses ``SSUBSCRIBE``
+    (Redis Cluster sharded pub/sub).
     """
 
     def __init__(
         self,
         endpoint: Endpoint,
         settings: Settings,
-        owner: SubscriberOwner,
+        listener: SubscriberListener,
         routes: dict[bytes, str],
-        prefix: bytes,
+        names: ChannelNames,
         *,
         sharded: bool,
         rng: random.Random,
     ) -> None:
         self.endpoint = endpoint
         self._settings = settings
-        self._owner = owner
+        self._listener = listener
         self._routes = routes
-        self._prefix = prefix
+        self._names = names
         self._rng = rng
         self._message = b"smessage" if sharded else b"message"
-        self._state = Subscriptions(self, sharded=sharded)
+        self._state = Subscriptions(sharded=sharded)
         self._wake = asyncio.Event()
         self._pong = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._became_healthy = asyncio.Event()
+        self._became_healthy.set()
         self._first_attempt = asyncio.Event()
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
         self._sessions = 0
         self._closing = False
         self.connected = False
+        self.healthy = True
+        """Connected with every channel wanted when the connection began confirmed, or not
+        tried yet (a subscriber just created is not a failure)."""
         self.received = 0
         self.dropped = 0
         self.malformed = 0
@@ -128,6 +136,7 @@ class Subscriber:
         """Remove ``channel`` from the wanted set (the writer unsubscribes)."""
         self._state.unwant(channel)
         self._wake_writer()
+        self._update_health()
 
     def resync(self, channels: Iterable[bytes]) -> None:
         """Subscribe again to those of ``channels`` still wanted (the server dropped them)."""
@@ -138,13 +147,14 @@ class Subscriber:
         if self._state.has_work:
             self._wake.set()
 
-    @property
-    def healthy(self) -> bool:
-        """Connected with every earlier subscription restored, or not tried yet (a subscriber
-        just created is not a failure)."""
-        if self.connected:
-            return self._state.restored
-        return self._sessions == 0 and not self._first_attempt.is_set()
+    async def wait_healthy(self) -> None:
+        """Return once :attr:`healthy` (at once if it is)."""
+        await self._became_healthy.wait()
+
+    def hurry(self) -> None:
+        """Bring the next reconnection attempt forward to ``backoff_initial`` after the last
+        one, instead of the end of the backoff: someone has reason to think Redis is back."""
+        self._hurry.set()
 
     def start(self, deliver: Deliver) -> None:
         """Start the supervisor task."""
@@ -172,6 +182,7 @@ class Subscriber:
             if not task.cancelled() and task.exception() is not None:
                 logger.error("subscriber task failed", exc_info=task.exception())
         self.connected = False
+        self._update_health()
 
     COUNTERS = (
         "received",
@@ -202,6 +213,18 @@ class Subscriber:
             "subscribe_batches": self.subscribe_batches,
         }
 
+    def _update_health(self) -> None:
+        if self.connected:
+            healthy = self._state.restored
+        else:
+            healthy = self._sessions == 0 and not self._first_attempt.is_set()
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if healthy:
+                self._became_healthy.set()
+            else:
+                self._became_healthy.clear()
+
     # --- sessions ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -209,21 +232,23 @@ class Subscriber:
         address = self.endpoint.address
         attempt = 0
         while True:
+            self._hurry.clear()
             try:
                 connection = await open_connection(self.endpoint, self._settings, "sub")
             except Exception as exc:
                 self.connect_failures += 1
                 self._first_attempt.set()
+                self._update_health()
                 log = logger.warning if attempt == 0 else logger.debug
                 log("cannot connect to Redis at %s: %s; retrying", address, describe(exc))
-                await asyncio.sleep(backoff(attempt, self._settings, self._rng))
+                await self._pause(backoff(attempt, self._settings, self._rng))
                 attempt += 1
                 continue
             started = loop.time()
             try:
                 await self._session(connection)
             except Exception as exc:
-                expected = _only(exc, (*CONNECTION_ERRORS, Desync))
+                expected = is_outage(exc) or isinstance(exc, Desync)
                 logger.log(
                     logging.WARNING if expected else logging.ERROR,
                     "lost the subscriber connection to Redis at %s: %s; reconnecting",
@@ -236,8 +261,19 @@ class Subscriber:
                 await close_quietly(connection)
             if loop.time() - started >= _STABLE_SESSION:
                 attempt = 0
-            await asyncio.sleep(backoff(attempt, self._settings, self._rng))
+            await self._pause(backoff(attempt, self._settings, self._rng))
             attempt += 1
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds before the next attempt, or only ``backoff_initial`` once
+        :meth:`hurry` is called."""
+        shortest = min(delay, self._settings.backoff_initial)
+        await asyncio.sleep(shortest)
+        try:
+            async with asyncio.timeout(delay - shortest):
+                await self._hurry.wait()
+        except TimeoutError:
+            pass
 
     async def _session(self, connection: RedisConnection) -> None:
         self._sessions += 1
@@ -251,7 +287,8 @@ class Subscriber:
                 self.endpoint.address,
                 len(self.wanted),
             )
-        self._set_connected(True)
+        self.connected = True
+        self._update_health()
         self._wake.set()
         # Not an asyncio.TaskGroup: on Python 3.11 a TaskGroup whose child fails leaves the
         # parent task with a stale cancellation request, which later breaks timeouts and
@@ -277,13 +314,10 @@ class Subscriber:
         self._state.end()
         self._pong.clear()
         self._wake.clear()
-        self._set_connected(False)
-
-    def _set_connected(self, connected: bool) -> None:
-        if connected != self.connected:
-            self.connected = connected
-            if not self._closing:
-                self._owner.on_connection_change(self, connected)
+        was_connected, self.connected = self.connected, False
+        self._update_health()
+        if was_connected and not self._closing:
+            self._listener.on_event(self, _DISCONNECTED)
 
     # --- the writer -----------------------------------------------------------------------
 
@@ -330,7 +364,7 @@ class Subscriber:
             try:
                 reply = await read(disconnect_on_error=False, push_request=True)
             except ResponseError as exc:
-                state.on_error(exc)
+                self._report(state.on_error(exc))
             else:
                 if type(reply) is list and len(reply) == 3 and reply[0] == message:
                     key = routes.get(reply[1])
@@ -343,41 +377,26 @@ class Subscriber:
                             logger.exception("deliver raised for key %r; payload skipped", key)
                     else:
                         self._on_unrouted(reply[1])
-                elif not state.on_reply(reply):
-                    logger.warning(
-                        "skipped an unexpected reply from Redis at %s: %.100r",
-                        self.endpoint.address,
-                        reply,
-                    )
+                else:
+                    self._report(state.on_reply(reply))
+
+    def _report(self, reply: Reply | None) -> None:
+        """Act on what a reply that is not a message meant."""
+        if isinstance(reply, Pong):
+            self._pong.set()
+        elif isinstance(reply, Unexpected):
+            logger.warning(
+                "skipped an unexpected reply from Redis at %s: %.100r",
+                self.endpoint.address,
+                reply.reply,
+            )
+        elif reply is not None:
+            self._listener.on_event(self, reply)
+        self._update_health()
 
     def _on_unrouted(self, channel: object) -> None:
-        if isinstance(channel, bytes) and channel.startswith(self._prefix):
+        if self._names.is_ours(channel):
             self.dropped += 1  # published before our UNSUBSCRIBE took effect
         else:
             self.malformed += 1
             logger.warning("skipped a message on an unexpected channel %.100r", channel)
-
-    # --- what the replies mean (SubscriptionsListener) ------------------------------------
-
-    def confirmed(self, channel: bytes) -> None:
-        """Redis confirmed ``channel``."""
-        self._owner.on_confirmed(channel)
-
-    def rejected(self, channels: list[bytes], error: ResponseError) -> None:
-        """Redis refused ``channels``."""
-        self._owner.on_rejected(self, channels, error)
-
-    def lost(self, channels: list[bytes]) -> None:
-        """Redis dropped or redirected ``channels``."""
-        self._owner.on_lost(self, channels)
-
-    def pong(self) -> None:
-        """Redis answered the watchdog."""
-        self._pong.set()
-
-
-def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
-    """True if ``exc`` (or every leaf of an exception group) is one of ``kinds``."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only(inner, kinds) for inner in exc.exceptions)
-    return isinstance(exc, kinds)

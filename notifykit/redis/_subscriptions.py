@@ -4,8 +4,9 @@
 commands already written have run (*sent*), and which it has *confirmed*. :meth:`next_commands`
 turns every channel touched since the last call into as few ``(S)SUBSCRIBE`` and
 ``(S)UNSUBSCRIBE`` commands as possible; :meth:`on_reply` and :meth:`on_error` match Redis's
-answers to those commands exactly — Redis answers once per channel, in order — and report
-confirmations, refusals and subscriptions the server dropped by itself to a listener.
+answers to those commands exactly — Redis answers once per channel, in order — and return what
+they mean as an event: :class:`Confirmed`, :class:`Refused`, :class:`Lost` (a subscription the
+server dropped or redirected), :class:`Pong`, :class:`Unexpected`, or None.
 
 Anything unexplained raises :class:`Desync`: the connection's state is in doubt, and the caller
 starts a new connection (which subscribes to everything wanted again).
@@ -14,7 +15,8 @@ starts a new connection (which subscribes to everything wanted again).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 from redis.crc import key_slot
 
@@ -26,7 +28,16 @@ if TYPE_CHECKING:
 
     from redis.exceptions import ResponseError
 
-__all__ = ["Desync", "Subscriptions", "SubscriptionsListener"]
+__all__ = [
+    "Confirmed",
+    "Desync",
+    "Lost",
+    "Pong",
+    "Refused",
+    "Reply",
+    "Subscriptions",
+    "Unexpected",
+]
 
 _SUB, _UNSUB, _PING = 0, 1, 2
 _MAX_CHANNELS_PER_COMMAND = 1000
@@ -37,24 +48,44 @@ class Desync(Exception):
     """The connection's replies no longer match what was asked: reconnect and resubscribe."""
 
 
-class SubscriptionsListener(Protocol):
-    """Who hears what the replies mean."""
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The server confirmed the subscription to ``channel``, which is still wanted."""
 
-    def confirmed(self, channel: bytes) -> None:
-        """The server confirmed the subscription to ``channel``."""
-        ...
+    channel: bytes
 
-    def rejected(self, channels: list[bytes], error: ResponseError) -> None:
-        """The server refused to subscribe to ``channels`` (an ACL error, say)."""
-        ...
 
-    def lost(self, channels: list[bytes]) -> None:
-        """The server dropped or redirected wanted ``channels`` (a cluster slot moved)."""
-        ...
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The server refused to subscribe to wanted ``channels`` (an ACL error, say)."""
 
-    def pong(self) -> None:
-        """The server answered a ``PING`` and still holds what it should."""
-        ...
+    channels: list[bytes]
+    error: ResponseError
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The server dropped or redirected wanted ``channels`` (a cluster slot moved)."""
+
+    channels: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The server answered a ``PING`` and still holds what it should."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unexpected:
+    """A reply that answers nothing asked (logged and skipped; the state is not in doubt)."""
+
+    reply: object
+
+
+Reply: TypeAlias = Confirmed | Refused | Lost | Pong | Unexpected
+"""What a reply from the server means."""
+
+_PONG = Pong()
 
 
 class _Command:
@@ -71,12 +102,11 @@ class _Command:
 class Subscriptions:
     """What one connection holds and what it should hold (``sharded``: ``SSUBSCRIBE``)."""
 
-    def __init__(self, listener: SubscriptionsListener, *, sharded: bool) -> None:
+    def __init__(self, *, sharded: bool) -> None:
         self.wanted: set[bytes] = set()
         self.active = False
         """True while a connection runs; between connections nothing is tracked but
         :attr:`wanted`, and :meth:`begin` starts over from it."""
-        self._listener = listener
         self._sharded = sharded
         if sharded:
             self._commands = (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
@@ -207,25 +237,21 @@ class Subscriptions:
 
     # --- replies in -----------------------------------------------------------------------
 
-    def on_reply(self, reply: object) -> bool:
-        """Account for a reply that is not a message; False if it means nothing here."""
+    def on_reply(self, reply: object) -> Reply | None:
+        """Account for a reply that is not a message; what it means, if anything."""
         if type(reply) is list:
             if len(reply) == 3:
                 kind, channel, count = reply
                 if kind == self._replies[0]:
-                    self._on_subscribed(channel, count)
-                    return True
+                    return self._on_subscribed(channel, count)
                 if kind == self._replies[1]:
-                    self._on_unsubscribed(channel, count)
-                    return True
+                    return self._on_unsubscribed(channel, count)
             elif len(reply) == 2 and reply[0] == b"pong":
-                self._on_pong(subscribed=True)
-                return True
+                return self._on_pong(subscribed=True)
         elif reply == b"PONG":
-            self._on_pong(subscribed=False)
-            return True
+            return self._on_pong(subscribed=False)
         self.unexpected_replies += 1
-        return False
+        return Unexpected(reply)
 
     def _head(self, kind: int, channel: bytes | None = None) -> _Command | None:
         """The oldest command in flight, if it is of ``kind`` and expects ``channel`` next."""
@@ -248,18 +274,21 @@ class Subscriptions:
         self._inflight.pop(channel, None)
         return True
 
-    def _on_subscribed(self, channel: bytes, count: int) -> None:
+    def _on_subscribed(self, channel: bytes, count: int) -> Confirmed | None:
         head = self._head(_SUB, channel)
         if head is None:
             raise Desync(f"Redis confirmed a subscription to {channel!r} nobody asked for")
+        event = None
         if self._advance(head, channel) and channel in self._sent:
             self._confirmed.add(channel)
             self._backlog.discard(channel)
-            self._listener.confirmed(channel)
+            event = Confirmed(channel)
         self._check_count(count)
+        return event
 
-    def _on_unsubscribed(self, channel: bytes, count: int) -> None:
+    def _on_unsubscribed(self, channel: bytes, count: int) -> Lost | None:
         head = self._head(_UNSUB, channel)
+        event = None
         if head is not None:
             self._advance(head, channel)
         else:
@@ -268,25 +297,27 @@ class Subscriptions:
             self._confirmed.discard(channel)
             self.lost_subscriptions += 1
             if channel in self.wanted:
-                self._listener.lost([channel])
+                event = Lost([channel])
         self._check_count(count)
+        return event
 
     def _check_count(self, count: int) -> None:
         if not self._fifo and count != len(self._sent):
             self.lost_subscriptions += abs(len(self._sent) - count)
             raise Desync(f"Redis holds {count} subscriptions, {len(self._sent)} expected")
 
-    def _on_pong(self, *, subscribed: bool) -> None:
+    def _on_pong(self, *, subscribed: bool) -> Pong:
         if self._head(_PING) is None:
             raise Desync("Redis answered a PING nobody sent")
         self._fifo.popleft()
         if not subscribed and self._sent and not self._fifo:
             self.lost_subscriptions += len(self._sent)
             raise Desync("the connection lost its subscriptions")
-        self._listener.pong()
+        return _PONG
 
-    def on_error(self, error: ResponseError) -> None:
-        """Account for an error reply, which answers the oldest command in flight."""
+    def on_error(self, error: ResponseError) -> Refused | Lost | None:
+        """Account for an error reply, which answers the oldest command in flight; the wanted
+        channels it refused (or, for a redirection, lost)."""
         head = self._fifo[0] if self._fifo else None
         if head is None or head.kind == _PING or head.position != 0:
             raise Desync(f"Redis replied with an error out of turn: {describe(error)}")
@@ -304,11 +335,8 @@ class Subscriptions:
                 if head.kind == _SUB:
                     self._sent.discard(channel)
         if head.kind == _UNSUB:
-            return
+            return None
         refused = [c for c in head.channels if c in self.wanted and c not in self._sent]
         if not refused:
-            return
-        if is_redirect(error):
-            self._listener.lost(refused)
-        else:
-            self._listener.rejected(refused, error)
+            return None
+        return Lost(refused) if is_redirect(error) else Refused(refused, error)

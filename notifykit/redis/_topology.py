@@ -9,7 +9,7 @@ from redis.crc import key_slot
 
 from ..errors import PropagationError
 from ._connection import close_quietly, open_connection, pack
-from ._errors import EXPECTED_ERRORS
+from ._errors import map_redis_errors
 
 if TYPE_CHECKING:
     from ._connection import Endpoint, Settings
@@ -43,16 +43,17 @@ class Topology:
     async def refresh(self) -> bool:
         """Ask the known masters, then the seed, for ``CLUSTER SLOTS``; True if the map changed.
 
-        Raises a :data:`~._errors.CONNECTION_ERRORS` error if no node answered.
+        Raises :class:`~notifykit.errors.PropagationError` (the last node's) if no node answered.
         """
         candidates = {**self.masters, self._seed.address: self._seed}
-        error: Exception | None = None
+        error: PropagationError | None = None
         for endpoint in candidates.values():
             try:
-                reply = await self._ask(endpoint)
+                with map_redis_errors("read the slot map", endpoint.address):
+                    reply = await self._ask(endpoint)
                 slots, masters = self._parse(reply, endpoint)
-            except EXPECTED_ERRORS as exc:
-                logger.debug("CLUSTER SLOTS failed on %s: %s", endpoint.address, exc)
+            except PropagationError as exc:
+                logger.debug("%s", exc)
                 error = exc
                 continue
             changed = slots != self._slots

@@ -20,30 +20,22 @@ import random
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, PropagationError
-from ._connection import Endpoint, Settings, backoff
-from ._errors import EXPECTED_ERRORS, PublishFailed, describe, is_redirect
-from ._publisher import Publisher
-from ._subscriber import Subscriber
+from ._base import RedisPropagatorBase
+from ._connection import Settings, backoff
+from ._errors import PublishFailed, describe, is_outage, is_redirect, map_redis_errors
 from ._topology import Topology
-from ._waiters import Waiter, Waiters
-from .propagator import channel_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
-    from redis.exceptions import ResponseError
-
-    from ..model import StreamHistory
-    from ..protocols import Deliver
+    from ._connection import Endpoint
 
 __all__ = ["RedisClusterPropagator"]
 
 logger = logging.getLogger("notifykit.redis")
 
-_COUNTERS = (*Subscriber.COUNTERS, *Publisher.COUNTERS)
 
-
-class RedisClusterPropagator:
+class RedisClusterPropagator(RedisPropagatorBase):
     """:class:`~notifykit.protocols.Propagator` over a Redis Cluster's sharded pub/sub
     (Redis 7+, asyncio only).
 
@@ -51,6 +43,9 @@ class RedisClusterPropagator:
     ``prefix`` must not contain ``{`` or ``}`` (a hash tag would put every channel in one slot).
     The tunables are those of :class:`~notifykit.redis.RedisPropagator`, plus
     ``topology_refresh_interval``: how often the slot map is re-read even if nothing went wrong.
+    A publish waits for (or is refused because of) the subscriber connection to the master it
+    goes to only, so the other shards keep working while one is down. Raises
+    :class:`~notifykit.errors.ConfigurationError` for an unusable URL or setting.
     """
 
     def __init__(
@@ -67,12 +62,9 @@ class RedisClusterPropagator:
         client_name: str = "notifykit",
         topology_refresh_interval: float = 30.0,
     ) -> None:
-        if isinstance(prefix, str) and ("{" in prefix or "}" in prefix):
-            raise ConfigurationError("a cluster channel prefix must not contain { or }")
         if not isinstance(topology_refresh_interval, int | float) or topology_refresh_interval <= 0:
             raise ConfigurationError("topology_refresh_interval must be a positive number")
-        self._prefix = channel_prefix(prefix)
-        self._settings = Settings(
+        settings = Settings(
             connect_timeout=connect_timeout,
             command_timeout=command_timeout,
             health_check_interval=health_check_interval,
@@ -81,38 +73,20 @@ class RedisClusterPropagator:
             max_pending_publishes=max_pending_publishes,
             client_name=client_name,
         )
-        self._topology = Topology(Endpoint.from_url(url), self._settings)
+        super().__init__(url, prefix, settings, cluster=True)
+        self._topology = Topology(self._endpoint, self._settings)
         self._refresh_interval = float(topology_refresh_interval)
-        self._routes: dict[bytes, str] = {}
-        self._waiters = Waiters()
-        self._wanted: set[bytes] = set()
-        self._homeless: set[bytes] = set()  # wanted, but no known master serves their slot
-        self._owner_of: dict[bytes, Subscriber] = {}
-        self._subscribers: dict[str, Subscriber] = {}
-        self._publishers: dict[str, Publisher] = {}
-        self._retired: dict[str, int] = {}
-        self._rng = random.Random()
-        self._deliver: Deliver | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._refresh_needed = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
         self._reachable = False
-        self._closed = False
+        self._rng = random.Random()
         self.topology_refreshes = 0
         self.topology_refresh_failures = 0
-        self.moved_channels = 0
-        self.rejected_subscriptions = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver) -> None:
-        """Read the slot map (waiting at most ``connect_timeout``) and start.
-
-        Returns even if no node is reachable; ``healthy`` then says so.
-        """
-        if self._deliver is not None or self._closed:
-            raise RuntimeError("this propagator was already started")
-        self._deliver = deliver
+    async def _begin(self) -> None:
         try:
             async with asyncio.timeout(self._settings.connect_timeout + 1.0):
                 await self._refresh()
@@ -121,74 +95,33 @@ class RedisClusterPropagator:
             self._refresh_needed.set()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="notifykit-redis-slots")
 
-    async def aclose(self) -> None:
-        """Close every connection; pending ``subscribe()`` calls raise. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._waiters.fail_all(lambda: PropagationError("the propagator is closed"))
+    async def _end(self) -> None:
         task, self._refresher = self._refresher, None
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        for subscriber in self._subscribers.values():
-            await subscriber.aclose()
-        for publisher in self._publishers.values():
-            await publisher.aclose()
-        self._routes.clear()
 
-    # --- the Propagator protocol ----------------------------------------------------------
+    # --- where channels live --------------------------------------------------------------
 
-    async def subscribe(self, keys: Collection[str]) -> None:
-        """``SSUBSCRIBE`` to the channels of ``keys`` at their shards; return once every one is
-        confirmed (waiting through outages and slot moves)."""
-        if self._deliver is None or self._closed:
-            raise PropagationError("the propagator is not running")
-        prefix, routes = self._prefix, self._routes
-        waiter: Waiter | None = None
-        for key in keys:
-            channel = prefix + key.encode("utf-8", "surrogatepass")
-            routes[channel] = key
-            self._wanted.add(channel)
-            owner = self._owner_of.get(channel)
-            if not (owner.want(channel) if owner is not None else self._assign(channel)):
-                if waiter is None:
-                    waiter = Waiter()
-                self._waiters.add(channel, waiter)
-        if waiter is not None:
-            await waiter.wait()
+    def _locate(self, channel: bytes) -> Endpoint | None:
+        address = self._topology.address_for(channel)
+        return None if address is None else self._topology.masters[address]
 
-    async def unsubscribe(self, keys: Collection[str]) -> None:
-        """Stop delivering ``keys`` at once; the ``SUNSUBSCRIBE`` follows in the background."""
-        if self._deliver is None or self._closed:
-            return
-        prefix = self._prefix
-        for key in keys:
-            channel = prefix + key.encode("utf-8", "surrogatepass")
-            self._routes.pop(channel, None)
-            self._wanted.discard(channel)
-            self._homeless.discard(channel)
-            owner = self._owner_of.pop(channel, None)
-            if owner is not None:
-                owner.unwant(channel)
-            self._waiters.release(channel)
-        await asyncio.sleep(0)
+    def _stale(self) -> None:
+        self._refresh_needed.set()
 
-    async def barrier(self, keys: Collection[str]) -> None:
-        """No history yet on Redis: nothing to wait for."""
-
-    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
-        """No history yet on Redis: ``{}`` (clients are told positions only when a history is
-        kept; a resume is answered ``recovered: false``)."""
-        return {}
+    # --- publishing -----------------------------------------------------------------------
 
     async def publish(self, keys: Sequence[str], payload: bytes) -> None:
         """``SPUBLISH`` to each key's channel, pipelined per master; after a ``MOVED`` the slot
-        map is refreshed and the redirected channels are published once more."""
-        if self._deliver is None or self._closed:
-            raise PropagationError("the propagator is not running")
-        prefix = self._prefix
-        channels = [prefix + key.encode("utf-8", "surrogatepass") for key in keys]
+        map is refreshed and the redirected channels are published once more.
+
+        Raises :class:`~notifykit.errors.PropagationError` if a master did not accept its
+        share, or if this instance would not receive it itself (see
+        :class:`~notifykit.redis.RedisPropagator.publish`).
+        """
+        self._check_running()
+        channels = self._names.channels(keys)
         seen = self.topology_refreshes
         try:
             await self._publish(channels, payload)
@@ -201,65 +134,6 @@ class RedisClusterPropagator:
             self._refresh_needed.set()  # a master may have failed over
             raise
 
-    @property
-    def healthy(self) -> bool:
-        """True while the slot map is known and every subscriber connection is up."""
-        return (
-            self._reachable
-            and not self._closed
-            and self._deliver is not None
-            and all(subscriber.healthy for subscriber in self._subscribers.values())
-        )
-
-    def statistics(self) -> Mapping[str, int]:
-        """The counters of :meth:`RedisPropagator.statistics`, summed over the shards, plus
-        ``topology_refreshes``, ``topology_refresh_failures``, ``moved_channels`` (channels
-        re-homed after a slot moved), ``masters`` and ``subscriber_connections``."""
-        stats = dict.fromkeys(_COUNTERS, 0)
-        stats.update(self._retired)
-        parts = [s.counters() for s in self._subscribers.values()]
-        parts += [p.counters() for p in self._publishers.values()]
-        for counters in parts:
-            for name, value in counters.items():
-                stats[name] = stats.get(name, 0) + value
-        stats.update(
-            subscriptions=len(self._wanted),
-            rejected_subscriptions=self.rejected_subscriptions,
-            topology_refreshes=self.topology_refreshes,
-            topology_refresh_failures=self.topology_refresh_failures,
-            moved_channels=self.moved_channels,
-            masters=len(self._topology.masters),
-            subscriber_connections=len(self._subscribers),
-            connected=int(self.healthy),
-        )
-        return stats
-
-    # --- routing --------------------------------------------------------------------------
-
-    def _assign(self, channel: bytes) -> bool:
-        """Hand ``channel`` to the subscriber of its master; True if already confirmed there."""
-        address = self._topology.address_for(channel)
-        if address is None:
-            self._homeless.add(channel)
-            self._refresh_needed.set()
-            return False
-        subscriber = self._subscribers.get(address)
-        if subscriber is None:
-            subscriber = Subscriber(
-                self._topology.masters[address],
-                self._settings,
-                self,
-                self._routes,
-                self._prefix,
-                sharded=True,
-                rng=self._rng,
-            )
-            if self._deliver is not None:
-                subscriber.start(self._deliver)
-            self._subscribers[address] = subscriber
-        self._owner_of[channel] = subscriber
-        return subscriber.want(channel)
-
     async def _publish(self, channels: list[bytes], payload: bytes) -> None:
         by_master: dict[str, list[bytes]] = {}
         for channel in channels:
@@ -268,12 +142,13 @@ class RedisClusterPropagator:
                 self._refresh_needed.set()
                 raise PropagationError("no reachable cluster node serves the channel's slot")
             by_master.setdefault(address, []).append(channel)
+        masters = self._topology.masters
         if len(by_master) == 1:
             ((address, group),) = by_master.items()
-            await self._publisher(address).publish(group, payload)
+            await self._publish_at(masters[address], group, payload)
             return
         results = await asyncio.gather(
-            *(self._publisher(a).publish(g, payload) for a, g in by_master.items()),
+            *(self._publish_at(masters[a], g, payload) for a, g in by_master.items()),
             return_exceptions=True,
         )
         errors = [result for result in results if isinstance(result, BaseException)]
@@ -284,13 +159,27 @@ class RedisClusterPropagator:
         if errors:
             raise errors[0]
 
-    def _publisher(self, address: str) -> Publisher:
-        publisher = self._publishers.get(address)
-        if publisher is None:
-            publisher = Publisher(self._topology.masters[address], self._settings, sharded=True)
-            publisher.start()
-            self._publishers[address] = publisher
-        return publisher
+    # --- health ---------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """True while the slot map is known and every subscriber connection is up with its
+        subscriptions restored."""
+        return self._reachable and super().healthy
+
+    def statistics(self) -> Mapping[str, int]:
+        """The counters of :meth:`RedisPropagator.statistics`, summed over the shards, plus
+        ``topology_refreshes``, ``topology_refresh_failures``, ``moved_channels`` (channels
+        re-homed after a slot moved), ``masters`` and ``subscriber_connections``."""
+        stats = dict(super().statistics())
+        stats.update(
+            topology_refreshes=self.topology_refreshes,
+            topology_refresh_failures=self.topology_refresh_failures,
+            moved_channels=self._subscribers.moved,
+            masters=len(self._topology.masters),
+            subscriber_connections=len(self._subscribers.by_address),
+        )
+        return stats
 
     # --- the slot map ---------------------------------------------------------------------
 
@@ -307,7 +196,7 @@ class RedisClusterPropagator:
                 async with self._refresh_lock:
                     await self._refresh()
             except Exception as exc:
-                expected = isinstance(exc, EXPECTED_ERRORS)
+                expected = is_outage(exc)
                 log = logger.warning if attempt == 0 or not expected else logger.debug
                 log(
                     "cannot refresh the cluster's slot map: %s",
@@ -322,13 +211,11 @@ class RedisClusterPropagator:
                 await asyncio.sleep(self._settings.backoff_initial)  # at most so many per second
 
     async def _refresh_after(self, seen: int) -> None:
-        """Refresh the map unless someone did since ``seen`` (bounded by ``command_timeout``)."""
-        try:
+        """Refresh the map unless someone did since ``seen`` (bounded by ``connect_timeout``)."""
+        with map_redis_errors("refresh the slot map", self.address):
             async with asyncio.timeout(self._settings.connect_timeout), self._refresh_lock:
                 if self.topology_refreshes == seen:
                     await self._refresh()
-        except Exception as exc:
-            raise PropagationError(f"cannot refresh the slot map: {describe(exc)}") from exc
 
     async def _refresh(self) -> None:
         try:
@@ -341,75 +228,6 @@ class RedisClusterPropagator:
         self.topology_refreshes += 1
         if changed:
             logger.info("cluster slot map updated: %d master(s)", len(self._topology.masters))
-        if changed or self._homeless:
-            await self._reroute()
-
-    async def _reroute(self) -> None:
-        """Move every wanted channel to the subscriber of the master now serving it, and close
-        the connections to nodes that are no longer masters."""
-        self._homeless.clear()
-        for channel in list(self._wanted):
-            owner = self._owner_of.get(channel)
-            address = self._topology.address_for(channel)
-            if owner is not None and owner.endpoint.address == address:
-                continue
-            if owner is not None:
-                owner.unwant(channel)
-                del self._owner_of[channel]
-            if self._assign(channel):
-                self._waiters.release(channel)
-        masters = self._topology.masters
-        for address in [a for a in self._subscribers if a not in masters]:
-            subscriber = self._subscribers.pop(address)
-            self._retire(subscriber.counters())
-            await subscriber.aclose()
-        for address in [a for a in self._publishers if a not in masters]:
-            publisher = self._publishers.pop(address)
-            self._retire(publisher.counters())
-            await publisher.aclose()
-
-    def _retire(self, counters: dict[str, int]) -> None:
-        for name, value in counters.items():
-            self._retired[name] = self._retired.get(name, 0) + value
-
-    # --- what the subscribers report ------------------------------------------------------
-
-    def on_confirmed(self, channel: bytes) -> None:
-        """Release the callers waiting for ``channel``."""
-        self._waiters.release(channel)
-
-    def on_rejected(
-        self, subscriber: Subscriber, channels: list[bytes], error: ResponseError
-    ) -> None:
-        """Fail the callers waiting for ``channels`` and stop wanting them."""
-        self.rejected_subscriptions += len(channels)
-        address = subscriber.endpoint.address
-        logger.error("Redis at %s refused %d subscription(s): %s", address, len(channels), error)
-        message = f"Redis at {address} refused the subscription: {error}"
-        for channel in channels:
-            subscriber.unwant(channel)
-            self._wanted.discard(channel)
-            if self._owner_of.get(channel) is subscriber:
-                del self._owner_of[channel]
-            self._waiters.fail(channel, lambda: PropagationError(message))
-
-    def on_lost(self, subscriber: Subscriber, channels: list[bytes]) -> None:
-        """The slots of ``channels`` moved: re-home them after a slot map refresh."""
-        logger.warning(
-            "Redis at %s no longer serves %d subscribed channel(s); refreshing the slot map",
-            subscriber.endpoint.address,
-            len(channels),
-        )
-        self.moved_channels += len(channels)
-        for channel in channels:
-            if self._owner_of.get(channel) is subscriber:
-                del self._owner_of[channel]
-                subscriber.unwant(channel)
-            if channel in self._wanted:
-                self._homeless.add(channel)
-        self._refresh_needed.set()
-
-    def on_connection_change(self, subscriber: Subscriber, connected: bool) -> None:
-        """A lost node connection may mean a failover: re-read the slot map."""
-        if not connected:
-            self._refresh_needed.set()
+        if changed or self._subscribers.homeless:
+            self._subscribers.rehome()
+            await self._retire(self._topology.masters)

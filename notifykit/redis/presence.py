@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import ConfigurationError, PropagationError
-from ._errors import CONNECTION_ERRORS
+from ._errors import map_redis_errors
 from ._presence_store import BUCKETS as BUCKETS
 from ._presence_store import PresenceStore
 
@@ -109,7 +109,6 @@ class RedisPresence:
         ttl_ms = round(self.ttl * 1000)
         self._store = PresenceStore(
             client,
-            address=self._address,
             prefix=f"{prefix}:presence",
             instance_id=instance_id,
             ttl_ms=ttl_ms,
@@ -186,21 +185,20 @@ class RedisPresence:
         if not users:
             return
         try:
-            async with asyncio.timeout(self._timeout):
-                now = await self._store.now_ms()
-                commands: list[Command] = []
-                for user_id in users:
-                    members = self._local.get(user_id, set()) | self._dirty.get(user_id, set())
-                    commands.extend(self._store.remove_commands(user_id, members, now))
-                await self._store.execute(commands)
-        except CONNECTION_ERRORS as exc:
+            with map_redis_errors("remove presence", self._address):
+                async with asyncio.timeout(self._timeout):
+                    now = await self._store.now_ms()
+                    commands: list[Command] = []
+                    for user_id in users:
+                        members = self._local.get(user_id, set()) | self._dirty.get(user_id, set())
+                        commands.extend(self._store.remove_commands(user_id, members, now))
+                    await self._store.execute(commands)
+        except PropagationError as exc:
             logger.warning(
-                "presence %s: could not remove its %d users from Redis at %s on close (%s); "
-                "they expire within %.1f s",
+                "presence %s: on close, %s; its %d users expire within %.1f s",
                 self.instance_id,
-                len(users),
-                self._address,
                 exc,
+                len(users),
                 self.ttl,
             )
 
@@ -364,39 +362,37 @@ class RedisPresence:
     async def _write(self, dirty: dict[str, set[str]], *, full: bool) -> None:
         """One heartbeat (``full``: every local connection) or one batch of marked changes."""
         store = self._store
-        try:
+        with map_redis_errors("write presence", self._address):
             if full:
                 await store.sync_clock()
             now = await store.now_ms()
-        except CONNECTION_ERRORS as exc:
-            raise store.error("read the Redis clock", exc) from exc
-        prune = full and self._heartbeats % _PRUNE_EVERY == 0
-        commands = store.write_commands(self._local, dirty, now, full=full, prune=prune)
-        if not commands:
-            return
-        if not full:
-            self._writes += 1
-        try:
+            prune = full and self._heartbeats % _PRUNE_EVERY == 0
+            commands = store.write_commands(self._local, dirty, now, full=full, prune=prune)
+            if not commands:
+                return
+            if not full:
+                self._writes += 1
             await store.execute(commands)
-        except CONNECTION_ERRORS as exc:
-            raise store.error("write presence", exc) from exc
 
     # -- reading -----------------------------------------------------------------------------
 
     async def is_online(self, user_id: str) -> bool:
         """True if ``user_id`` has a live connection on any instance (one round trip)."""
         self._check_running()
-        return await self._store.is_online(user_id)
+        with map_redis_errors("read presence", self._address):
+            return await self._store.is_online(user_id)
 
     async def connections_of(self, user_id: str) -> list[str]:
         """The ids of ``user_id``'s live connections on every instance (one round trip)."""
         self._check_running()
-        return await self._store.connections_of(user_id)
+        with map_redis_errors("read presence", self._address):
+            return await self._store.connections_of(user_id)
 
     async def online_count(self) -> int:
         """How many users have a live connection anywhere (one pipeline of 16 ZCOUNTs)."""
         self._check_running()
-        return sum(await self._store.counts())
+        with map_redis_errors("read presence", self._address):
+            return sum(await self._store.counts())
 
     async def online_users(self, limit: int = 10_000) -> list[str]:
         """Up to ``limit`` users with a live connection anywhere (two round trips: count the
@@ -404,7 +400,8 @@ class RedisPresence:
         self._check_running()
         if limit <= 0:
             return []
-        return await self._store.online_users(limit)
+        with map_redis_errors("read presence", self._address):
+            return await self._store.online_users(limit)
 
 
 def _backoff(failures: int, cap: float) -> float:

@@ -26,9 +26,9 @@ from redis.cluster import RedisCluster
 from ..envelope import Envelope, IdGenerator, pack
 from ..errors import ConfigurationError
 from ..model import Target, ToAuthenticated, ToEveryone, ToTopic, ToUsers, users
+from ._channels import ChannelNames
 from ._connection import Endpoint
-from ._errors import CONNECTION_ERRORS, propagation_error
-from .propagator import channel_prefix
+from ._errors import map_redis_errors
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -57,7 +57,7 @@ class RedisSyncPublisher:
         timeout: float = 5.0,
     ) -> None:
         self._address = Endpoint.from_url(url).address  # checks the URL
-        self._prefix = channel_prefix(prefix)
+        self._names = ChannelNames(prefix, cluster=cluster)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigurationError(f"timeout must be seconds above 0, not {timeout!r}")
         options: dict[str, Any] = {
@@ -66,13 +66,11 @@ class RedisSyncPublisher:
             "protocol": 2,
         }
         self._client: redis.Redis | RedisCluster
-        try:
+        with map_redis_errors("connect", self._address):  # a cluster client reads the slot map
             if cluster:
                 self._client = RedisCluster.from_url(url, **options)
             else:
                 self._client = redis.Redis.from_url(url, **options)
-        except CONNECTION_ERRORS as exc:  # a cluster client reads the slot map at once
-            raise propagation_error("connect", self._address, exc) from exc
         self._ids = IdGenerator()
         self._ids_lock = threading.Lock()  # ids stay unique and increasing across threads
 
@@ -84,10 +82,8 @@ class RedisSyncPublisher:
             notification_id = self._ids()
         envelope = Envelope(notification_id, event, data, target, exclude)
         payload = pack(envelope)
-        prefix = self._prefix
-        keys = envelope.keys()
-        channels = [prefix + key.encode("utf-8", "surrogatepass") for key in keys]
-        try:
+        channels = self._names.channels(envelope.keys())
+        with map_redis_errors("publish", self._address):
             if isinstance(self._client, RedisCluster):
                 for channel in channels:  # each channel's shard, found by its slot
                     self._client.spublish(channel, payload)
@@ -96,8 +92,6 @@ class RedisSyncPublisher:
                     for channel in channels:
                         pipeline.publish(channel, payload)
                     pipeline.execute()
-        except CONNECTION_ERRORS as exc:
-            raise propagation_error("publish", self._address, exc) from exc
         return envelope.id
 
     def notify_user(

@@ -10,7 +10,8 @@ Routes (relative to where it is mounted):
 * ``POST /publish`` — publish one notification (``Authorization: Bearer <api key>``);
 * ``GET /healthz`` — always 200: ``{"status": "ok" | "degraded", "connections", "users"}``;
 * ``GET /readyz`` — 200 when ready, 503 while degraded (for load balancers);
-* ``GET /metrics`` — Prometheus text format;
+* ``GET /metrics`` — Prometheus text format (:mod:`.metrics`; needs the ``metrics`` extra,
+  else it answers 501 saying how to enable it);
 * ``GET /presence/<user_id>`` — ``{"user", "online", "connections"}`` across every instance;
   ``GET /presence`` — ``{"online": <users online>}`` (both need the API key);
 * ``GET /client.js`` — the browser client (``notifykit/static/client.js``).
@@ -22,11 +23,12 @@ server's lifespan; when mounted, the host app enters the hub in its own lifespan
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ...errors import (
@@ -46,13 +48,18 @@ from .transport import WebSocketEndpoint
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from prometheus_client.registry import CollectorRegistry
     from starlette.requests import Request
 
     from ...hub import Hub
     from ...protocols import Authenticator, TopicPolicy
     from .transport import Receive, Scope, Send
 
-__all__ = ["NotifyApp", "render_metrics"]
+__all__ = ["NotifyApp"]
+
+METRICS_MISSING = (
+    "metrics need prometheus-client: pip install 'notifykit[metrics]' and restart the server"
+)
 
 
 class NotifyApp:
@@ -95,6 +102,9 @@ class NotifyApp:
             )
         self.max_publish_bytes = max_publish_bytes
         self.websocket = WebSocketEndpoint(self.gateway)
+        self.metrics_registry = _metrics_registry(hub)
+        """The ``prometheus_client`` registry ``GET /metrics`` renders (this app's own), or
+        None without the ``metrics`` extra."""
         self.http = Starlette(
             routes=[
                 Route("/publish", self.publish, methods=["POST"]),
@@ -217,10 +227,14 @@ class NotifyApp:
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     async def metrics(self, request: Request) -> Response:
-        """``GET /metrics``: counters and gauges in Prometheus text format."""
-        return PlainTextResponse(
-            render_metrics(self.hub.statistics()), media_type="text/plain; version=0.0.4"
-        )
+        """``GET /metrics``: the hub's metrics in Prometheus text format (OpenMetrics if the
+        ``Accept`` header asks for it); 501 without the ``metrics`` extra."""
+        if self.metrics_registry is None:
+            return _error(501, "metrics_unavailable", METRICS_MISSING)
+        from .metrics import render
+
+        body, content_type = render(self.metrics_registry, request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
 
     def _health(self) -> dict[str, Any]:
         state = self.hub.state
@@ -231,13 +245,13 @@ class NotifyApp:
         }
 
 
-def render_metrics(stats: Mapping[str, float]) -> str:
-    """Render statistics as Prometheus text: every name gets the ``notifykit_`` prefix."""
-    lines = []
-    for name, value in sorted(stats.items()):
-        metric = "notifykit_" + "".join(c if c.isalnum() else "_" for c in name)
-        lines.append(f"{metric} {value}")
-    return "\n".join(lines) + "\n"
+def _metrics_registry(hub: Hub) -> CollectorRegistry | None:
+    """A registry of this app's own for ``hub`` (None without ``prometheus_client``)."""
+    if importlib.util.find_spec("prometheus_client") is None:
+        return None
+    from .metrics import metrics_registry
+
+    return metrics_registry(hub)
 
 
 _MAX_HISTORY_LIMIT = 1000

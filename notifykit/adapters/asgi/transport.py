@@ -17,6 +17,13 @@ without waiting — is built on how ASGI servers behave:
   asyncio.
 * On any other backend (an ASGI server on trio), ``send_now`` says False and the connection's
   writer task awaits ``send``: correct everywhere, one task switch per burst.
+
+Under uvicorn's ``websockets-sansio`` implementation (what ``notifykit serve`` runs), the
+transport skips the ASGI message altogether: ``send_now`` writes the frame's bytes to the
+socket itself, as uvicorn's own ``send`` would, encoded once for every connection a
+notification goes to (:mod:`notifykit.adapters._framing`). This reads uvicorn's protocol object
+(its ``conn``, ``transport`` and ``writable``): uvicorn internals, checked by type, used only
+when ``send`` is that protocol's own method.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from urllib.parse import parse_qsl
 
 from ...errors import TransportClosed
 from ...model import Handshake
+from .._framing import FrameCache
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
@@ -113,18 +121,40 @@ async def _awaiting(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
+def _uvicorn_protocol(send: Send) -> Any:
+    """uvicorn's ``websockets-sansio`` protocol object if ``send`` is its own ``send`` method
+    (not wrapped by middleware), else None."""
+    owner = getattr(send, "__self__", None)
+    if owner is None:
+        return None
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:
+        return None
+    if isinstance(owner, WebSocketsSansIOProtocol) and (
+        getattr(send, "__func__", None) is WebSocketsSansIOProtocol.send
+    ):
+        return owner
+    return None
+
+
 class ASGITransport:
-    """:class:`~notifykit.protocols.Transport` over ASGI ``receive``/``send``."""
+    """:class:`~notifykit.protocols.Transport` over ASGI ``receive``/``send``. Transports of one
+    endpoint share its ``frames`` cache (see the module docstring)."""
 
-    __slots__ = ("_closed", "_eager", "_failed", "_pending", "_receive", "_send")
+    __slots__ = ("_closed", "_eager", "_failed", "_frames", "_pending", "_receive", "_send", "_uv")
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, frames: FrameCache | None = None) -> None:
         self._receive = receive
         self._send = send
         self._closed = False
         self._eager = _on_asyncio()
         self._pending: asyncio.Task[None] | None = None  # a send finishing in its own task
         self._failed: BaseException | None = None  # how that send ended, if it failed
+        self._uv = _uvicorn_protocol(send) if self._eager else None
+        self._frames = frames if frames is not None else FrameCache()
 
     async def accept(self, subprotocol: str | None) -> None:
         """Send ``websocket.accept``."""
@@ -146,6 +176,18 @@ class ASGITransport:
         """Hand one text frame to the server if that needs no waiting (see the module
         docstring); raises the server's ``OSError`` (uvicorn's ``ClientDisconnected``) if the
         client is gone."""
+        uv = self._uv
+        if uv is not None:  # uvicorn's websockets-sansio: write the frame's bytes ourselves
+            if uv.close_sent or uv.disconnected or uv.transport.is_closing():
+                raise TransportClosed("the websocket is closed")
+            if self._pending is not None or not uv.writable.is_set():
+                return False  # uvicorn would wait for the socket to drain
+            if uv.conn.extensions:  # e.g. compression: this connection's own frame
+                uv.conn.send_text(frame.encode())
+                uv.transport.write(b"".join(uv.conn.data_to_send()))
+            else:
+                uv.transport.write(self._frames.frame(frame))
+            return True
         if not self._eager or self._pending is not None:
             return False
         if self._failed is not None:
@@ -215,10 +257,11 @@ class ASGITransport:
 class WebSocketEndpoint:
     """A raw ASGI app that serves every websocket it is given through ``gateway``."""
 
-    __slots__ = ("gateway",)
+    __slots__ = ("_frames", "gateway")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._frames = FrameCache()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one websocket connection (scope type ``websocket``)."""
@@ -227,4 +270,6 @@ class WebSocketEndpoint:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        await self.gateway.serve(ASGITransport(receive, send), handshake_from_scope(scope))
+        await self.gateway.serve(
+            ASGITransport(receive, send, self._frames), handshake_from_scope(scope)
+        )
