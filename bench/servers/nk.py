@@ -28,6 +28,10 @@ from notifykit.protocols import Propagator
 from ..common import API_KEY, PREFIX, SECRET, raise_fd_limit
 from .uvicorn_runner import WS_IMPLEMENTATIONS
 
+GATEWAY_OPTIONS: dict[str, Any] = {"max_connections": 100_000}
+"""notifykit refuses a server's 10,001st connection by default; the capacity mode fills a process
+to its file-descriptor limit instead (~19,000 here), as a deployment sized for it would."""
+
 
 def cli() -> None:
     """Parse arguments and serve."""
@@ -65,7 +69,8 @@ def cli() -> None:
         return
     from notifykit.adapters.asgi import NotifyApp
 
-    run(NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port, ws=args.ws)
+    app = NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY, **GATEWAY_OPTIONS)
+    run(app, args.port, ws=args.ws)
 
 
 def channels_app(hub: Hub) -> Any:
@@ -91,7 +96,9 @@ def channels_app(hub: Hub) -> Any:
     )
 
     authenticator = ChannelsUserAuthenticator(fallback=JWTAuthenticator(secret=SECRET))
-    consumer = NotifyConsumer(hub, authenticator, allowed_origins=["http://bench.invalid"])
+    consumer = NotifyConsumer(
+        hub, authenticator, allowed_origins=["http://bench.invalid"], **GATEWAY_OPTIONS
+    )
     return ProtocolTypeRouter(
         {
             "websocket": AuthMiddlewareStack(URLRouter([path("ws", consumer)])),
@@ -110,6 +117,7 @@ async def serve_websockets(hub: Hub, port: int) -> None:
         host="127.0.0.1",
         port=port,
         websockets_options={"backlog": 4096},
+        **GATEWAY_OPTIONS,
     ) as server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
