@@ -4,6 +4,7 @@ measurement of one round (what was published, what arrived, and the CPU it cost)
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
@@ -36,6 +37,23 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant(
+            "floor",
+            "bench.servers.floor",
+            dialect="raw",
+            publisher="raw",
+            description="the floor: websockets server + a Redis subscriber that is a plain "
+            "asyncio.Protocol feeding hiredis.Reader, per-user channels, payload bytes "
+            "forwarded untouched with websockets.broadcast, no auth",
+        ),
+        Variant(
+            "floor-jwt",
+            "bench.servers.floor",
+            ("--jwt",),
+            publisher="raw",
+            description="the floor, verifying a JWT (PyJWT, HS256) at connect as notifykit's "
+            "clients present it (Authorization header), answering with a welcome frame",
+        ),
+        Variant(
             "raw",
             "bench.servers.raw",
             dialect="raw",
@@ -55,8 +73,24 @@ VARIANTS: dict[str, Variant] = {
             "notifykit",
             "bench.servers.nk",
             needs_redis_propagator=True,
-            description="Hub(RedisPropagator(url)) + hub.asgi_app(JWTAuthenticator) under "
-            "uvicorn (uvloop, httptools, websockets-sansio), real JWTs",
+            description="Hub(RedisPropagator(url), presence=RedisPresence(url)) + "
+            "NotifyApp(hub, JWTAuthenticator) under uvicorn (uvloop, httptools, "
+            "websockets-sansio), real JWTs: as `notifykit serve --redis-url` deploys it",
+        ),
+        Variant(
+            "nk-uvicorn-websockets",
+            "bench.servers.nk",
+            ("--ws", "websockets"),
+            needs_redis_propagator=True,
+            description="notifykit under uvicorn with ws=websockets (its legacy-API "
+            "implementation) instead of websockets-sansio",
+        ),
+        Variant(
+            "nk-uvicorn-wsproto",
+            "bench.servers.nk",
+            ("--ws", "wsproto"),
+            needs_redis_propagator=True,
+            description="notifykit under uvicorn with ws=wsproto instead of websockets-sansio",
         ),
         Variant(
             "notifykit-websockets",
@@ -106,6 +140,15 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
+
+
+def parse_variants(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated variant names of ``text`` (``parser.error`` for an unknown one)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants: {unknown}")
+    return names
 
 
 @dataclass
@@ -262,6 +305,7 @@ class Deployment:
         clients: int = 2,
         publisher: bool = True,
         prefix: str = "bench",
+        client_sources: list[str] | None = None,
     ) -> None:
         self.variant = variant
         self.redis_url = redis_url
@@ -270,8 +314,13 @@ class Deployment:
             ServerProcess(variant, redis_url, prefix, logs / f"{variant.name}-server{i}.log")
             for i in range(instances)
         ]
+        sources = client_sources or []
         self.clients = [
-            Worker("bench.loadgen", [], logs / f"{variant.name}-clients{i}.log")
+            Worker(
+                "bench.loadgen",
+                ["--source", sources[i]] if i < len(sources) else [],
+                logs / f"{variant.name}-clients{i}.log",
+            )
             for i in range(clients)
         ]
         self.publisher = (
@@ -314,9 +363,15 @@ class Deployment:
 
     # --- connections ----------------------------------------------------------------------
 
-    async def connect(self, conns: list[Conn]) -> dict[str, Any]:
-        """Open ``conns`` (added to those already open), spread over the client processes."""
-        concurrency = self.variant.connect_concurrency
+    async def connect(
+        self, conns: list[Conn], concurrency: int | None = None, within: float = 30.0
+    ) -> dict[str, Any]:
+        """Open ``conns`` (added to those already open), spread over the client processes,
+        at most ``concurrency`` at a time per process (default: the variant's; 0: all at
+        once). ``span_seconds`` is from the first attempt in any process to the last
+        connection welcomed in any; ``connects_per_s`` is ready connections over it."""
+        if concurrency is None or self.variant.connect_concurrency == 1:
+            concurrency = self.variant.connect_concurrency
         start = len(self.conns)
         share: list[list[list[Any]]] = [[] for _ in self.clients]
         for offset, conn in enumerate(conns):
@@ -325,10 +380,11 @@ class Deployment:
         calls = [
             client.call(
                 "connect",
-                within=180,
+                within=max(180, 3 * within),
                 dialect=self.variant.dialect,
                 conns=part,
                 concurrency=concurrency,
+                per_connection=within,
             )
             for client, part in zip(self.clients, share, strict=True)
             if part
@@ -339,11 +395,16 @@ class Deployment:
             results = await asyncio.gather(*calls)
         self.conns.extend(conns)
         self.users = list(dict.fromkeys(c.user for c in self.conns))
+        ready = sum(r["ready"] for r in results)
+        first_ns = min(r["started_ns"] for r in results)
+        span = (max(r["finished_ns"] for r in results) - first_ns) / 1e9
         return {
-            "ready": sum(r["ready"] for r in results),
+            "ready": ready,
             "failures": sum(r["failures"] for r in results),
             "first_failures": [f for r in results for f in r["first_failures"]][:5],
             "seconds": max(r["seconds"] for r in results),
+            "span_seconds": span,
+            "connects_per_s": round(ready / span, 1) if span > 0 else float("nan"),
         }
 
     def _in_client_order(self) -> list[list[Conn]]:

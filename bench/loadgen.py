@@ -12,7 +12,9 @@ Driven by the orchestrator over stdin/stdout (see :mod:`bench.rpc`)::
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -22,36 +24,68 @@ from .common import raise_fd_limit
 from .rpc import serve_commands
 from .wsclient import BenchClient, request_for
 
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
+
 
 class LoadGenerator:
-    """The connections of one load-generator process."""
+    """The connections of one load-generator process.
 
-    def __init__(self) -> None:
+    ``source`` is the local address its connections come from (``127.0.0.x``: each address
+    has its own ephemeral ports, so several processes together can hold more connections to
+    one server than one address has ports).
+    """
+
+    def __init__(self, source: str = "") -> None:
+        self.source = source
         self.clients: list[BenchClient | None] = []
         """In the order they were asked for; None where connecting failed."""
 
-    async def op_connect(
-        self, dialect: str, conns: list[list[Any]], concurrency: int = 64, within: float = 30.0
-    ) -> dict[str, Any]:
-        """Open ``conns`` (``[port, user, token]`` each) and wait until each is ready."""
+    async def _open(self, client: BenchClient, port: int) -> None:
         loop = asyncio.get_running_loop()
-        limit = asyncio.Semaphore(concurrency)
+        if not self.source:
+            await loop.create_connection(lambda: client, "127.0.0.1", port)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # Pick the port at connect time, by the whole 4-tuple, not at bind time.
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((self.source, 0))
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.create_connection(lambda: client, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def op_connect(
+        self,
+        dialect: str,
+        conns: list[list[Any]],
+        concurrency: int = 64,
+        per_connection: float = 30.0,
+    ) -> dict[str, Any]:
+        """Open ``conns`` (``[port, user, token]`` each), at most ``concurrency`` at a time
+        (0: all at once), and wait until each is ready (welcomed)."""
+        limit = asyncio.Semaphore(concurrency or len(conns) or 1)
         failures: list[str] = []
         started = time.perf_counter()
+        started_ns = time.time_ns()
+        finished_ns = started_ns
         opened: list[BenchClient | None] = [None] * len(conns)
 
         async def one(index: int, port: int, user: str, token: str) -> None:
+            nonlocal finished_ns
             async with limit:
                 client = BenchClient(dialect, request_for(dialect, port, user, token), token)
                 try:
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda: client, "127.0.0.1", port), within
-                    )
-                    await asyncio.wait_for(client.ready, within)
+                    await asyncio.wait_for(self._open(client, port), per_connection)
+                    await asyncio.wait_for(client.ready, per_connection)
                 except (OSError, TimeoutError) as exc:
                     failures.append(f"{user}@{port}: {type(exc).__name__}: {exc}")
                     client.close()
                     return
+                finished_ns = max(finished_ns, time.time_ns())
                 opened[index] = client
 
         await asyncio.gather(*(one(i, *conn) for i, conn in enumerate(conns)))
@@ -61,6 +95,8 @@ class LoadGenerator:
             "failures": len(failures),
             "first_failures": failures[:5],
             "seconds": time.perf_counter() - started,
+            "started_ns": started_ns,
+            "finished_ns": finished_ns,
         }
 
     async def op_reset(self, latency: bool = False) -> dict[str, Any]:
@@ -104,9 +140,12 @@ class LoadGenerator:
 
 
 def main() -> None:
-    """Entry point: ``python -m bench.loadgen``."""
+    """Entry point: ``python -m bench.loadgen [--source 127.0.0.2]``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--source", default="", help="local address to connect from")
+    args = parser.parse_args()
     raise_fd_limit()
-    uvloop.run(serve_commands(LoadGenerator()))
+    uvloop.run(serve_commands(LoadGenerator(args.source)))
 
 
 if __name__ == "__main__":

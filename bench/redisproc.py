@@ -11,6 +11,13 @@ import time
 from .common import free_port
 
 
+def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands run between two :meth:`RedisServer.command_stats` readings (those run at
+    least once), most frequent first."""
+    delta = {name: count - before.get(name, 0) for name, count in after.items()}
+    return dict(sorted(((n, c) for n, c in delta.items() if c), key=lambda nc: -nc[1]))
+
+
 class RedisServer:
     """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
 
@@ -78,6 +85,33 @@ class RedisServer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def command_calls(self) -> int:
+        """How many commands the server has run (``INFO commandstats``), ``INFO`` excluded."""
+        return sum(self.command_stats().values())
+
+    def command_stats(self) -> dict[str, int]:
+        """How many times the server has run each command (``INFO commandstats``), ``INFO``
+        excluded."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"INFO commandstats\r\n")
+            data = b""
+            while b"\r\n" not in data or len(data) < int(data[1 : data.index(b"\r\n")]):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("redis-server closed the connection")
+                data += chunk
+            header, _, body = data.partition(b"\r\n")
+            size = int(header[1:])
+        calls: dict[str, int] = {}
+        for line in body[:size].decode().splitlines():
+            # cmdstat_subscribe:calls=12,usec=34,usec_per_call=2.83,...
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_") and name != "cmdstat_info":
+                calls[name.removeprefix("cmdstat_")] = int(
+                    stats.split(",", 1)[0].removeprefix("calls=")
+                )
+        return calls
 
     def __enter__(self) -> RedisServer:
         self.start()

@@ -22,6 +22,54 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _name(name: str) -> str:
+    return f"**{name}**" if name == "notifykit" else name
+
+
+def _ratio(value: float) -> str:
+    return _f(value, 2) + ("\u00d7" if value == value else "")
+
+
+def capacity_table(capacity: dict[str, Any], target: float | None = 1.2) -> str:
+    """The capacity mode's table (``bench.capacity`` or ``bench.run --capacity``)."""
+    rows = []
+    for name, data in capacity.items():
+        ratio = data.get("broadcast_time_ratio_to_floor_jwt", float("nan"))
+        mark = ""
+        if name == "notifykit" and target and ratio == ratio:
+            mark = " ✓" if ratio <= target else " ✗"
+        rows.append(
+            [
+                _name(name),
+                f"{data['ready']:,} of {data['connections']:,}",
+                _f(data["connects_per_s"], 0),
+                _f(data["rss_kib"] / 1024, 0),
+                _f(data["kib_per_connection"], 1),
+                _f(data["broadcast_ms_to_last_delivery"], 0),
+                _ratio(ratio) + mark,
+                str(data["broadcast_lost"]),
+            ]
+        )
+    return (
+        "Capacity: one server process filled with idle authenticated connections (clients in "
+        "several processes), then broadcasts one at a time: publish call to last delivery "
+        f"(median; target for notifykit: \u2264 {target}\u00d7 floor-jwt's).\n\n"
+        + _table(
+            [
+                "variant",
+                "connections",
+                "connects/s",
+                "RSS MiB",
+                "RSS KiB / conn",
+                "broadcast → last delivery ms",
+                "ratio to floor-jwt",
+                "lost",
+            ],
+            rows,
+        )
+    )
+
+
 def render(result: dict[str, Any]) -> str:
     """The tables of one run."""
     plan = result["plan"]
@@ -44,7 +92,7 @@ def render(result: dict[str, Any]) -> str:
         expected = t["expected"] + b["expected"] + lat["expected"]
         rows.append(
             [
-                f"**{name}**" if name == "notifykit" else name,
+                _name(name),
                 _f(t["deliveries_per_s"], 0),
                 _f(t["server_cpu_us_per_delivery"], 1),
                 _f(b["deliveries_per_s"], 0),
@@ -69,25 +117,64 @@ def render(result: dict[str, Any]) -> str:
             rows,
         )
     )
-    ratios = result.get("ratios_to_raw", {})
+    rows = []
+    for name, v in variants.items():
+        idle = v.get("idle", {})
+        rows.append(
+            [
+                _name(name),
+                _f(idle.get("cpu_us_per_connect"), 0),
+                _f(idle.get("redis_commands_per_connect"), 2),
+                _f(idle.get("connects_per_s"), 0),
+                _f(idle.get("kib_per_connection"), 1),
+            ]
+        )
+    parts.append(
+        f"Connects: {plan['idle_connections']:,} connections (distinct users) to one fresh "
+        "instance, 64 at a time per client process; server CPU and Redis commands (INFO "
+        "commandstats) per connect, connect rate, then RSS per idle connection.\n\n"
+        + _table(
+            [
+                "variant",
+                "server CPU µs / connect",
+                "Redis commands / connect",
+                "connects/s",
+                "RSS KiB / idle conn",
+            ],
+            rows,
+        )
+    )
+    ratios = result.get("ratios", {})
     targets = result.get("targets", {})
     if ratios:
-        figures = list(targets)
+        figures = [
+            "cpu_per_targeted_delivery",
+            "cpu_per_broadcast_delivery",
+            "p99_latency",
+            "rss_per_idle_connection",
+            "cpu_per_connect",
+        ]
         rows = []
         for name, r in ratios.items():
-            if name == "raw":
+            if name == "floor":
                 continue
             cells = []
             for figure in figures:
-                value = r.get(figure)
+                value = r.get(figure, float("nan"))
                 mark = ""
-                if name == "notifykit" and value is not None and value == value:
+                if name == "notifykit" and value == value and figure in targets:
                     mark = " ✓" if value <= targets[figure] else " ✗"
-                cells.append(_f(value, 2) + ("\u00d7" if value == value else "") + mark)
-            rows.append([f"**{name}**" if name == "notifykit" else name, *cells])
-        rows.append(["*target (notifykit)*", *(f"\u2264 {targets[f]}\u00d7" for f in figures)])
+                cells.append(_ratio(value) + mark)
+            rows.append([_name(name), *cells])
+        rows.append(
+            [
+                "*target (notifykit)*",
+                *(f"\u2264 {targets[f]}\u00d7" if f in targets else "" for f in figures),
+            ]
+        )
         parts.append(
-            "Ratios to raw (lower is better):\n\n"
+            "Ratios to the floor in the same run (lower is better; CPU per delivery and latency "
+            "to `floor`, memory and connect cost to `floor-jwt`):\n\n"
             + _table(
                 [
                     "variant",
@@ -95,10 +182,51 @@ def render(result: dict[str, Any]) -> str:
                     "CPU / broadcast delivery",
                     "p99 latency",
                     "RSS / idle conn",
+                    "CPU / connect",
                 ],
                 rows,
             )
         )
+    storm = result.get("storm", {})
+    if storm:
+        storm_ratios = result.get("storm_ratios", {})
+        target = targets.get("storm_seconds_to_all_welcomed")
+        rows = []
+        for name, data in storm.items():
+            ratio = storm_ratios.get(name, {}).get("seconds_to_all_welcomed", float("nan"))
+            mark = ""
+            if name == "notifykit" and target and ratio == ratio:
+                mark = " ✓" if ratio <= target else " ✗"
+            rows.append(
+                [
+                    _name(name),
+                    _f(data["seconds_to_all_welcomed"], 2),
+                    _ratio(ratio) + mark,
+                    _f(data["connects_per_s"], 0),
+                    _f(data["cpu_us_per_connect"], 0),
+                    _f(data["redis_commands_per_connect"], 2),
+                    str(data["failures"]),
+                ]
+            )
+        first = next(iter(storm.values()))
+        parts.append(
+            f"Reconnect storm: {first['connections']:,} clients connecting at once to one fresh "
+            f"instance (target for notifykit: \u2264 {target}\u00d7 floor-jwt's time).\n\n"
+            + _table(
+                [
+                    "variant",
+                    "s until all welcomed",
+                    "ratio to floor-jwt",
+                    "connects/s",
+                    "server CPU µs / connect",
+                    "Redis commands / connect",
+                    "failed",
+                ],
+                rows,
+            )
+        )
+    if result.get("capacity"):
+        parts.append(capacity_table(result["capacity"], targets.get("capacity_broadcast_time")))
     scaling = result.get("scaling", {})
     if scaling:
         rows = []

@@ -1,4 +1,4 @@
-"""Run the benchmark: ``python -m bench.run [--quick] [--out bench/results/NAME.json]``.
+"""Run the benchmark: ``python -m bench.run [--quick] [--capacity] [--out FILE] [--chart PNG]``.
 
 For each variant (see :data:`bench.deploy.VARIANTS`) it starts K instances sharing a Redis it
 owns (every variant its own channel prefix), connects M websocket clients spread over them,
@@ -12,10 +12,14 @@ machine hits them alike; each figure is the median of the rounds):
 * bystanders: notifications only for users held by instance 0 — what the other instances
   and Redis pay for them (nothing, with per-user channels);
 * lost messages (every expected delivery is counted per connection; must be 0);
-* RSS per idle authenticated connection (N idle connections on one instance, fresh servers);
+* connects and idle memory: N connections to a fresh instance — server CPU and Redis commands
+  per connect, connect rate, RSS per idle authenticated connection;
 
-then the scaling curve (K = 1, 2, 4) for the plan's scaling variants. It prints tables
-(``python -m bench.report FILE`` prints them again as Markdown) and writes JSON.
+then the scaling curve (K = 1, 2, 4) for the plan's scaling variants, the reconnect storm
+(:mod:`bench.storm`) and, with ``--capacity``, a full process of connections
+(:mod:`bench.capacity`). Every figure is also given as a ratio to the floor of the same run
+(:mod:`bench.servers.floor`). It prints tables (``python -m bench.report FILE`` prints them
+again as Markdown), writes JSON and draws the chart (:mod:`bench.chart`).
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ from typing import Any
 
 from notifykit import mint_token
 
-from .common import SECRET, median
-from .deploy import VARIANTS, Conn, Deployment, Round, Variant, spread
-from .redisproc import RedisServer
+from .capacity import DEFAULT_VARIANTS as DEFAULT_CAPACITY_VARIANTS
+from .capacity import capacity, default_connections
+from .common import SECRET, cpu_ns, median
+from .deploy import VARIANTS, Conn, Deployment, Round, Variant, parse_variants, spread
+from .redisproc import RedisServer, command_delta
 from .report import render
+from .storm import connect_figures, storm
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +72,14 @@ class Plan:
     scaling_variants: tuple[str, ...]
     clients: int
     concurrency: int
+    storm_n: int
+    storm_rounds: int
+    storm_clients: int
+    storm_variants: tuple[str, ...]
+    capacity_connections: int
+    capacity_clients: int
+    capacity_broadcasts: int
+    capacity_variants: tuple[str, ...]
 
 
 FULL = Plan(
@@ -83,6 +98,14 @@ FULL = Plan(
     scaling_variants=("raw", "notifykit", "single-channel"),
     clients=2,
     concurrency=64,
+    storm_n=10000,
+    storm_rounds=3,
+    storm_clients=2,
+    storm_variants=("floor-jwt", "notifykit", "notifykit-websockets"),
+    capacity_connections=default_connections(),
+    capacity_clients=4,
+    capacity_broadcasts=5,
+    capacity_variants=DEFAULT_CAPACITY_VARIANTS,
 )
 
 QUICK = Plan(
@@ -101,6 +124,14 @@ QUICK = Plan(
     scaling_variants=("raw", "notifykit", "single-channel"),
     clients=2,
     concurrency=64,
+    storm_n=2000,
+    storm_rounds=1,
+    storm_clients=2,
+    storm_variants=("floor-jwt", "notifykit", "notifykit-websockets"),
+    capacity_connections=5000,
+    capacity_clients=4,
+    capacity_broadcasts=1,
+    capacity_variants=DEFAULT_CAPACITY_VARIANTS,
 )
 
 
@@ -273,36 +304,52 @@ class Bench:
                         out[name][kind] = summarize(measured)
         finally:
             await asyncio.gather(*(d.stop() for d in deployments.values()))
-        for variant in variants:
-            if idle:
-                log(f"idle: {variant.name}, {plan.idle_connections} connections on one instance")
-                runs = [await self.idle(variant) for _ in range(plan.idle_rounds)]
-                out[variant.name]["idle"] = {
-                    "kib_per_connection": median([r["kib_per_connection"] for r in runs]),
-                    "rounds": runs,
-                }
-            else:
-                out[variant.name]["idle"] = {"kib_per_connection": float("nan")}
+        runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+        for index in range(plan.idle_rounds if idle else 0):
+            log(
+                f"connect + idle, round {index + 1}: {plan.idle_connections} connections on one "
+                "fresh instance per variant, interleaved"
+            )
+            for variant in variants:
+                runs[variant.name].append(await self.idle(variant))
+        for name, done in runs.items():
+            out[name]["idle"] = {
+                key: median([r[key] for r in done])
+                for key in (
+                    "kib_per_connection",
+                    "cpu_us_per_connect",
+                    "redis_commands_per_connect",
+                    "connects_per_s",
+                )
+            }
+            out[name]["idle"]["rounds"] = done
         return out
 
     async def idle(self, variant: Variant) -> dict[str, Any]:
-        """RSS per idle authenticated connection: 20 warm-up connections, RSS, then N more."""
+        """Connect cost and RSS per idle authenticated connection on a fresh instance: 20
+        warm-up connections; then N more (distinct users; 64 at a time per client process),
+        with the server's CPU and Redis's command count read before and after; RSS 2 s
+        later."""
         n = self.plan.idle_connections
         async with self.deployment(variant, 1, publisher=False) as d:
             warm = [Conn(i, u, 0, self.tokens[u]) for i, u in enumerate(self.idle_users[:20])]
             await self.connect(d, warm)
             await asyncio.sleep(1.0)
             before = d.server_rss_kib()[0]
+            pid = d.servers[0].pid
+            cpu0 = cpu_ns(pid)
+            commands0 = self.redis.command_stats()
             idle = [Conn(i, u, 0, self.tokens[u]) for i, u in enumerate(self.idle_users[20:])]
             info = await self.connect(d, idle)
+            cpu = cpu_ns(pid) - cpu0
+            by_name = command_delta(commands0, self.redis.command_stats())
             await asyncio.sleep(2.0)
             after = d.server_rss_kib()[0]
         ready = max(1, info["ready"])
         return {
             "connections": n,
-            "ready": info["ready"],
-            "failures": info["failures"],
-            "connect_seconds": round(info["seconds"], 3),
+            "connect_seconds": round(info["span_seconds"], 3),
+            **connect_figures(info, cpu, by_name),
             "rss_before_kib": before,
             "rss_after_kib": after,
             "kib_per_connection": round((after - before) / ready, 3),
@@ -324,33 +371,56 @@ class Bench:
         }
 
 
-def ratios(variants: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Each variant's figures divided by raw's (lower is better for all four)."""
-    raw = variants.get("raw")
-    if raw is None:
-        return {}
-    figures = {
-        "cpu_per_targeted_delivery": ("targeted", "server_cpu_us_per_delivery"),
-        "cpu_per_broadcast_delivery": ("broadcast", "server_cpu_us_per_delivery"),
-        "p99_latency": ("latency", "latency_p99_ms"),
-        "rss_per_idle_connection": ("idle", "kib_per_connection"),
-    }
-    result = {}
+FIGURES: dict[str, tuple[str, str, str]] = {
+    "cpu_per_targeted_delivery": ("targeted", "server_cpu_us_per_delivery", "floor"),
+    "cpu_per_broadcast_delivery": ("broadcast", "server_cpu_us_per_delivery", "floor"),
+    "p99_latency": ("latency", "latency_p99_ms", "floor"),
+    "rss_per_idle_connection": ("idle", "kib_per_connection", "floor-jwt"),
+    "cpu_per_connect": ("idle", "cpu_us_per_connect", "floor-jwt"),
+}
+"""Each ratio: (part, figure, the baseline it is divided by). Memory and connect cost are of
+authenticated connections, so their baseline is the floor that verifies a JWT."""
+
+
+def ratios(variants: dict[str, Any], base: str | None = None) -> dict[str, dict[str, float]]:
+    """Each variant's figures divided by its baseline's in :data:`FIGURES` (or by ``base``'s
+    for every figure); lower is better for all of them."""
+    result: dict[str, dict[str, float]] = {}
     for name, data in variants.items():
-        result[name] = {
-            figure: round(data[part][key] / raw[part][key], 3) if raw[part][key] else float("nan")
-            for figure, (part, key) in figures.items()
-        }
+        result[name] = {}
+        for figure, (part, key, default_base) in FIGURES.items():
+            reference = variants.get(base or default_base)
+            value = data.get(part, {}).get(key, float("nan"))
+            denominator = reference.get(part, {}).get(key) if reference else None
+            result[name][figure] = (
+                round(value / denominator, 3) if denominator and value == value else float("nan")
+            )
     return result
 
 
+def storm_ratios(storms: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Storm figures divided by floor-jwt's."""
+    base = storms.get("floor-jwt")
+    if not base:
+        return {}
+    keys = ("seconds_to_all_welcomed", "cpu_us_per_connect")
+    return {
+        name: {key: round(data[key] / base[key], 3) if base[key] else float("nan") for key in keys}
+        for name, data in storms.items()
+    }
+
+
 TARGETS = {
-    "cpu_per_targeted_delivery": 1.5,
-    "cpu_per_broadcast_delivery": 1.3,
+    "cpu_per_targeted_delivery": 1.25,
+    "cpu_per_broadcast_delivery": 1.1,
     "p99_latency": 1.5,
     "rss_per_idle_connection": 1.3,
+    "cpu_per_connect": 1.15,
+    "storm_seconds_to_all_welcomed": 1.3,
+    "capacity_broadcast_time": 1.2,
 }
-"""notifykit's targets as ratios to raw (from the issue)."""
+"""notifykit's targets as ratios to the floor (issue 10): per delivery and latency to
+``floor``; memory, connect cost, storm and capacity to ``floor-jwt``."""
 
 
 def machine() -> dict[str, Any]:
@@ -386,6 +456,8 @@ def machine() -> dict[str, Any]:
         "python-engineio",
         "broadcaster",
         "anyio",
+        "wsproto",
+        "PyJWT",
     ):
         try:
             packages[name] = metadata.version(name)
@@ -403,7 +475,13 @@ def machine() -> dict[str, Any]:
 
 
 async def main_async(
-    plan: Plan, names: list[str], out: Path, scaling: bool, idle: bool
+    plan: Plan,
+    names: list[str],
+    out: Path,
+    scaling: bool,
+    idle: bool,
+    storming: bool = True,
+    with_capacity: bool = False,
 ) -> dict[str, Any]:
     """Run the plan; return the results (logs go next to ``out``)."""
     started = time.monotonic()
@@ -446,7 +524,31 @@ async def main_async(
                 name: dict(sorted(curve.items(), key=lambda kv: int(kv[0])))
                 for name, curve in curves.items()
             }
-    result["ratios_to_raw"] = ratios(result["variants"])
+        if storming:
+            names_ = [n for n in plan.storm_variants if n in VARIANTS]
+            log(f"storm: {plan.storm_n} connections at once, {', '.join(names_)}")
+            result["storm"] = await storm(
+                redis,
+                [VARIANTS[n] for n in names_],
+                plan.storm_n,
+                plan.storm_rounds,
+                plan.storm_clients,
+                logs,
+                log,
+            )
+            result["storm_ratios"] = storm_ratios(result["storm"])
+        if with_capacity:
+            result["capacity"] = await capacity(
+                redis,
+                [VARIANTS[n] for n in plan.capacity_variants],
+                plan.capacity_connections,
+                plan.capacity_clients,
+                plan.capacity_broadcasts,
+                logs,
+                log,
+            )
+    result["ratios"] = ratios(result["variants"])
+    result["ratios_to_raw"] = ratios(result["variants"], base="raw")
     result["targets"] = TARGETS
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
@@ -464,23 +566,51 @@ def main() -> None:
     )
     parser.add_argument("--no-scaling", action="store_true", help="skip the K=1,2,4 curve")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-RSS figure")
+    parser.add_argument("--no-storm", action="store_true", help="skip the reconnect storm")
+    parser.add_argument(
+        "--capacity", action="store_true", help="also fill one process (bench.capacity)"
+    )
+    parser.add_argument("--storm-n", type=int, help="clients in the reconnect storm")
+    parser.add_argument("--chart", type=Path, help="PNG chart (default: next to the JSON)")
     parser.add_argument("--rounds", type=int, help="override the plan's rounds per figure")
     args = parser.parse_args()
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants: {unknown}")
+    names = parse_variants(parser, args.variants)
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = replace(
-            plan, rounds=args.rounds, latency_rounds=args.rounds, scaling_rounds=args.rounds
+            plan,
+            rounds=args.rounds,
+            latency_rounds=args.rounds,
+            scaling_rounds=args.rounds,
+            idle_rounds=args.rounds,
+            storm_rounds=args.rounds,
         )
+    if args.storm_n:
+        plan = replace(plan, storm_n=args.storm_n)
     out = args.out or HERE / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    result = asyncio.run(main_async(plan, names, out, not args.no_scaling, not args.no_idle))
+    result = asyncio.run(
+        main_async(
+            plan,
+            names,
+            out,
+            not args.no_scaling,
+            not args.no_idle,
+            not args.no_storm,
+            args.capacity,
+        )
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(render(result))
     log(f"wrote {out} in {result['seconds']} s")
+    chart = args.chart or out.with_suffix(".png")
+    try:
+        from .chart import draw
+    except ImportError as exc:  # matplotlib is in the bench extra
+        log(f"no chart: {exc}")
+    else:
+        draw(result, chart)
+        log(f"wrote {chart}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
+from notifykit.model import StreamHistory
 from notifykit.protocols import Deliver, Propagator
 
 SHARED_KEY = "t:bench-single-channel"
@@ -52,6 +53,14 @@ class SingleChannelPropagator:
         for key in keys:
             tag = key.encode()
             await self._inner.publish([SHARED_KEY], len(tag).to_bytes(2, "big") + tag + payload)
+
+    async def barrier(self, keys: Collection[str]) -> None:
+        """Everything published before this call went through the shared channel."""
+        await self._inner.barrier([SHARED_KEY])
+
+    async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
+        """The inner propagator's history (none on Redis today)."""
+        return await self._inner.read(after, limit)
 
     def _receive(self, _channel_key: str, framed: bytes) -> None:
         self.received += 1

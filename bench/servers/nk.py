@@ -1,5 +1,6 @@
-"""notifykit as an application would deploy it: ``Hub(RedisPropagator(url))`` and
-``NotifyApp(hub, JWTAuthenticator(secret=...), api_key=...)`` under uvicorn, or
+"""notifykit as ``notifykit serve --redis-url`` deploys it: ``Hub(RedisPropagator(url),
+presence=RedisPresence(url))`` and ``NotifyApp(hub, JWTAuthenticator(secret=...),
+api_key=...)`` under uvicorn (``--ws`` picks uvicorn's websocket implementation), or
 (``--adapter websockets``) ``notifykit.adapters.websockets.serve(hub, ...)`` on a plain
 ``websockets`` server with uvloop — the serving stack of the raw baseline — or
 (``--adapter channels``) a Django Channels ``ProtocolTypeRouter`` with ``AuthMiddlewareStack``,
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
@@ -24,6 +26,11 @@ from notifykit import Hub, JWTAuthenticator
 from notifykit.protocols import Propagator
 
 from ..common import API_KEY, PREFIX, SECRET, raise_fd_limit
+from .uvicorn_runner import WS_IMPLEMENTATIONS
+
+GATEWAY_OPTIONS: dict[str, Any] = {"max_connections": 100_000}
+"""notifykit refuses a server's 10,001st connection by default; the capacity mode fills a process
+to its file-descriptor limit instead (~19,000 here), as a deployment sized for it would."""
 
 
 def cli() -> None:
@@ -34,16 +41,18 @@ def cli() -> None:
     parser.add_argument("--prefix", default=PREFIX)
     parser.add_argument("--single-channel", action="store_true")
     parser.add_argument("--adapter", choices=("asgi", "websockets", "channels"), default="asgi")
+    parser.add_argument("--ws", default="websockets-sansio", choices=WS_IMPLEMENTATIONS)
     args = parser.parse_args()
 
-    from notifykit.redis import RedisPropagator
+    from notifykit.redis import RedisPresence, RedisPropagator
 
     propagator: Propagator = RedisPropagator(args.redis_url, prefix=args.prefix)
     if args.single_channel:
         from ..single_channel import SingleChannelPropagator
 
         propagator = SingleChannelPropagator(propagator)
-    hub = Hub(propagator)
+    presence = RedisPresence(args.redis_url, prefix=args.prefix, instance_id=f"bench-{os.getpid()}")
+    hub = Hub(propagator, presence=presence)
     if args.adapter == "websockets":
         import uvloop
 
@@ -56,11 +65,12 @@ def cli() -> None:
     from .uvicorn_runner import run
 
     if args.adapter == "channels":
-        run(channels_app(hub), args.port)
+        run(channels_app(hub), args.port, ws=args.ws)
         return
     from notifykit.adapters.asgi import NotifyApp
 
-    run(NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY), args.port)
+    app = NotifyApp(hub, JWTAuthenticator(secret=SECRET), api_key=API_KEY, **GATEWAY_OPTIONS)
+    run(app, args.port, ws=args.ws)
 
 
 def channels_app(hub: Hub) -> Any:
@@ -86,7 +96,9 @@ def channels_app(hub: Hub) -> Any:
     )
 
     authenticator = ChannelsUserAuthenticator(fallback=JWTAuthenticator(secret=SECRET))
-    consumer = NotifyConsumer(hub, authenticator, allowed_origins=["http://bench.invalid"])
+    consumer = NotifyConsumer(
+        hub, authenticator, allowed_origins=["http://bench.invalid"], **GATEWAY_OPTIONS
+    )
     return ProtocolTypeRouter(
         {
             "websocket": AuthMiddlewareStack(URLRouter([path("ws", consumer)])),
@@ -104,7 +116,8 @@ async def serve_websockets(hub: Hub, port: int) -> None:
         JWTAuthenticator(secret=SECRET),
         host="127.0.0.1",
         port=port,
-        websockets_options={"backlog": 2048},
+        websockets_options={"backlog": 4096},
+        **GATEWAY_OPTIONS,
     ) as server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
