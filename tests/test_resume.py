@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.lowlevel
 import pytest
-from memory_transport import MemoryClient, memory_websocket
+from memory_transport import MemoryClient, ServerClosed, memory_websocket
 
 from notifykit import Hub
 from notifykit.gateway import Gateway
@@ -252,6 +252,36 @@ async def test_without_history_positions_are_empty_and_a_resume_is_not_recovered
             sent = await plain.notify_user("42", "live")
             [note] = await notifications(client, 1)
             assert (note.id, note.stream, note.offset) == (sent, None, None)
+
+
+async def read_until_closed(client: MemoryClient, into: list[Notification]) -> None:
+    """Read notifications into ``into`` until the server closes (ServerClosed)."""
+    while True:
+        frame = await client.recv()
+        assert isinstance(frame, Notification)
+        into.append(frame)
+
+
+async def test_a_slow_consumer_closed_4008_resumes_and_gets_what_it_was_dropped(hub: Hub) -> None:
+    gateway = Gateway(hub, TokenIsUser(), queue_size=4)
+    client, transport = memory_websocket(read_buffer=3)  # it reads nothing after its welcome
+    handshake = Handshake(headers={"authorization": "Bearer 42"})
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(gateway.serve, transport, handshake)
+        position = (await welcome(client)).positions["u:42"]
+        sent = [await hub.notify_user("42", "tick", n) for n in range(20)]
+        received: list[Notification] = []
+        with pytest.raises(ServerClosed) as closed:
+            await read_until_closed(client, received)
+        assert closed.value.code == CloseCode.SLOW_CONSUMER
+    assert 0 < len(received) < len(sent)  # the queue overflowed: some were dropped
+    last = received[-1]
+    assert last.offset is not None
+    assert last.epoch == position.epoch
+    async with connect(gateway, "42", {"u:42": Position(position.epoch, last.offset)}) as again:
+        assert (await welcome(again)).recovered is True
+        replayed = await notifications(again, len(sent) - len(received))
+    assert [n.id for n in received + replayed] == sent
 
 
 # --- the switch from history to live, under load ----------------------------------------------
