@@ -78,6 +78,14 @@ VARIANTS: dict[str, Variant] = {
             "websockets-sansio), real JWTs: as `notifykit serve --redis-url` deploys it",
         ),
         Variant(
+            "notifykit-nohistory",
+            "bench.servers.nk",
+            ("--history-size", "0"),
+            publisher="notifykit-nohistory",
+            needs_redis_propagator=True,
+            description="notifykit without history (--history-size 0): what history costs",
+        ),
+        Variant(
             "nk-uvicorn-websockets",
             "bench.servers.nk",
             ("--ws", "websockets"),

@@ -107,11 +107,13 @@ class Publisher:
 class NotifyKitPublisher(Publisher):
     """``Hub(RedisPropagator(url))`` (or the single-channel propagator) + ``notify_user``."""
 
-    def __init__(self, url: str, prefix: str, single_channel: bool) -> None:
+    def __init__(
+        self, url: str, prefix: str, single_channel: bool, history_size: int = 100
+    ) -> None:
         from notifykit import Hub
         from notifykit.redis import RedisPropagator
 
-        propagator: Any = RedisPropagator(url, prefix=prefix)
+        propagator: Any = RedisPropagator(url, prefix=prefix, history_size=history_size)
         if single_channel:
             from .single_channel import SingleChannelPropagator
 
@@ -220,6 +222,8 @@ def make_publisher(kind: str, url: str, prefix: str) -> Publisher:
     """The publisher for one variant."""
     if kind == "notifykit":
         return NotifyKitPublisher(url, prefix, single_channel=False)
+    if kind == "notifykit-nohistory":
+        return NotifyKitPublisher(url, prefix, single_channel=False, history_size=0)
     if kind == "single-channel":
         return NotifyKitPublisher(url, prefix, single_channel=True)
     if kind == "raw":

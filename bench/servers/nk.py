@@ -42,6 +42,7 @@ def cli() -> None:
     parser.add_argument("--single-channel", action="store_true")
     parser.add_argument("--adapter", choices=("asgi", "websockets", "channels"), default="asgi")
     parser.add_argument("--ws", default="websockets-sansio", choices=WS_IMPLEMENTATIONS)
+    parser.add_argument("--history-size", type=int, default=100)
     parser.add_argument(
         "--default-gc",
         action="store_true",
@@ -55,7 +56,9 @@ def cli() -> None:
 
     from notifykit.redis import RedisPresence, RedisPropagator
 
-    propagator: Propagator = RedisPropagator(args.redis_url, prefix=args.prefix)
+    propagator: Propagator = RedisPropagator(
+        args.redis_url, prefix=args.prefix, history_size=args.history_size
+    )
     if args.single_channel:
         from ..single_channel import SingleChannelPropagator
 

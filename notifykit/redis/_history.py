@@ -15,8 +15,10 @@ share a cluster slot.
 * the entry is ``XADD``-ed with the id ``<offset>-<Redis time in ms>`` (reads by offset are exact,
   and the id tells its age) and the field ``p`` holding the payload as published, trimmed to
   ``size`` entries (``MAXLEN``);
-* both keys expire ``ttl`` after the last append (or read): an idle stream's history and its
-  epoch go together, so a position from before can never match again;
+* both keys expire between ``ttl`` and twice ``ttl`` after the last append (or read): an
+  append refreshes their expiry only once it falls below ``ttl`` (one ``PTTL`` instead of two
+  ``PEXPIRE`` per append); an idle stream's history and its epoch go together, so a position
+  from before can never match again, and entries older than ``ttl`` are never read;
 * the payload is published (``SPUBLISH`` on a cluster) stamped as
   :func:`notifykit.envelope.stamp` does it: ``#<offset> <epoch>\\n<payload>``.
 
@@ -56,8 +58,10 @@ local offset = redis.call('HINCRBY', KEYS[1], 'last', 1)
 local now = redis.call('TIME')
 local id = string.format('%d-%d', offset, now[1] * 1000 + math.floor(now[2] / 1000))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id, 'p', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3] * 2)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3] * 2)
+end
 redis.call('{publish}', KEYS[3], string.format('#%d ', offset) .. epoch .. '\\n' .. ARGV[4])
 return offset
 """
