@@ -124,7 +124,12 @@ def unpack(payload: bytes) -> tuple[str | None, Position | None, str]:
 
     Raises ``ValueError`` for a payload notifykit did not produce.
     """
-    position, payload = unstamp(payload)
-    cut = payload.index(b"\n")
+    position = None
+    start = 0
+    if payload[:1] == b"#":  # stamped: read the place without copying the payload
+        start = payload.index(b"\n") + 1
+        offset, _, epoch = payload[1 : start - 1].partition(b" ")
+        position = Position(epoch.decode("ascii"), int(offset))
+    cut = payload.index(b"\n", start)
     frame = payload[cut + 1 :].decode("utf-8")
-    return (payload[:cut].decode("ascii") if cut else None), position, frame
+    return (payload[start:cut].decode("ascii") if cut > start else None), position, frame
