@@ -37,7 +37,12 @@ against what the publisher was told:
 With history kept, nothing may be lost and every resume must say ``recovered: true``. When
 Redis loses everything (no persistence), the epochs change: a resume from a position of before
 must say ``recovered: false``, and a client may miss a notification only on a stream it was
-told that about — never silently. The figures are printed (``-s`` shows them).
+told that about — never silently. The figures are printed (``-s`` shows them);
+``NOTIFYKIT_CHAOS_CLIENTS`` (default 24) and ``NOTIFYKIT_CHAOS_SCALE`` (default 1: the rates
+and the counts of notifications) make a bigger run.
+
+A last test pauses Redis at the moment a client, back after a cut, subscribes to its topic
+again: the server answers ``unavailable`` (retry later), and the client must keep the topic.
 """
 
 from __future__ import annotations
@@ -275,6 +280,7 @@ class Watcher(Listener):
         self.welcomes: list[Resume] = []
         self.topic_resumes: list[Resume] = []
         self.closed_at: list[float] = []
+        self.close_codes: list[int | None] = []
         self._named: dict[str, Position] = {}
         self._named_topics: dict[str, Position] = {}
         self._progress = progress
@@ -290,6 +296,7 @@ class Watcher(Listener):
             self.welcomes.append(Resume(now, change.recovered, self._named))
         elif change.state is ConnectionState.CLOSED:
             self.closed_at.append(now)
+            self.close_codes.append(change.code)
         super()._record(change)
         self._progress()
 
@@ -328,6 +335,17 @@ class Watcher(Listener):
     def cut_since(self, moment: float) -> bool:
         """Whether a connection of this client ended after ``moment``."""
         return bool(self.closed_at) and self.closed_at[-1] >= moment
+
+    def first_close_since(self, moment: float) -> int | None:
+        """The close code of the first connection that ended after ``moment``."""
+        return next(
+            (
+                code
+                for at, code in zip(self.closed_at, self.close_codes, strict=True)
+                if at >= moment
+            ),
+            None,
+        )
 
     def back(self) -> bool:
         """Open, on a connection that opened after the last one ended."""
@@ -667,6 +685,7 @@ async def test_kill_9_of_one_instance_its_clients_resume_elsewhere_and_lose_noth
         await chaos.all_back()
         cut = [w for w in chaos.watchers if w.cut_since(killed)]
         back = [w.back_after(killed) or 0.0 for w in cut]
+        codes = Counter(w.first_close_since(killed) for w in cut)
         after = publisher.total
         await publisher.until(lambda: publisher.total >= after + AFTER)
 
@@ -677,6 +696,7 @@ async def test_kill_9_of_one_instance_its_clients_resume_elsewhere_and_lose_noth
         f"{time.monotonic() - started:.1f} s"
     )
     assert len(cut) == on_victim, f"{len(cut)} clients cut off, {on_victim} were on the victim"
+    assert codes == {1006: on_victim}, codes  # no close frame: the instance just vanished
     assert_nothing_lost(result)
     assert result.refused_delivered == 0, result.line()
     assert_unaccepted_only_in_flight_at(result, killed)
@@ -777,6 +797,8 @@ async def test_a_rolling_restart_of_three_instances_loses_nothing(
             await chaos.cut_off(moment, on_it)
             await chaos.all_back()
             cut = [w for w in chaos.watchers if w.cut_since(moment)]
+            codes = Counter(w.first_close_since(moment) for w in cut)
+            assert codes == {1001: on_it}, codes  # going away: the shutdown closed them
             reconnects = sum(len(w.closed_at) for w in chaos.watchers) - closes
             steps.append(
                 f"instance {index + 1}: {on_it} clients on it, stopped in {stop_took:.2f} s, "
