@@ -150,6 +150,11 @@ class Publisher:
         """Notifications accepted so far."""
         return self.outcomes[ACCEPTED]
 
+    async def more(self, count: int) -> None:
+        """Wait until ``count`` more notifications are accepted."""
+        goal = self.total + count
+        await self.until(lambda: self.total >= goal)
+
     async def until(self, done: Callable[[], bool], within: float = PUBLISH_WITHIN) -> None:
         """Wait until ``done()`` holds, checked as each attempt starts and ends; fail after
         ``within`` seconds."""
@@ -459,8 +464,7 @@ async def service(
             "--redis-url", redis.url,
             "--redis-prefix", f"chaos-{secrets.token_hex(3)}",
         ]  # fmt: skip
-        for _ in range(INSTANCES):  # one after the other: the box is small
-            instances.append(await anyio.to_thread.run_sync(lambda: start_serve(*flags)))
+        await start_instances(flags, INSTANCES, instances)
         for server in instances:
             await ready(server)
         balancer = Balancer([server.port for server in instances])
@@ -505,12 +509,25 @@ async def service(
                     await chaos.publisher.finished.wait()
                 await chaos.until(lambda: everything_arrived(chaos), DRAIN_WITHIN)
     finally:
-        for server in instances:
-            logged = server.stderr()
-            if logged:
-                request.node.add_report_section("teardown", f"server :{server.port}", logged)
-        await anyio.to_thread.run_sync(lambda: [server.stop() for server in instances])
-        await anyio.to_thread.run_sync(redis.stop)
+        await stop_everything(request, instances, redis)
+
+
+async def start_instances(flags: list[str], count: int, into: list[Server]) -> None:
+    """Start ``count`` instances with ``flags``, one after the other (the box is small)."""
+    for _ in range(count):
+        into.append(await anyio.to_thread.run_sync(lambda: start_serve(*flags)))
+
+
+async def stop_everything(
+    request: pytest.FixtureRequest, instances: list[Server], redis: RedisServer
+) -> None:
+    """Stop the instances (what they logged goes to the test's report) and Redis."""
+    for server in instances:
+        logged = server.stderr()
+        if logged:
+            request.node.add_report_section("teardown", f"server :{server.port}", logged)
+    await anyio.to_thread.run_sync(lambda: [server.stop() for server in instances])
+    await anyio.to_thread.run_sync(redis.stop)
 
 
 def everything_arrived(chaos: Service) -> bool:
@@ -673,7 +690,7 @@ async def test_kill_9_of_one_instance_its_clients_resume_elsewhere_and_lose_noth
     started = time.monotonic()
     async with service(tmp_path, request) as chaos:
         publisher = chaos.publisher
-        await publisher.until(lambda: publisher.total >= BEFORE)
+        await publisher.more(BEFORE)
         victim = chaos.instances[1]
         on_victim = chaos.balancer.on(victim.port)
         assert on_victim > 0, "the load balancer gave the victim no client"
@@ -686,8 +703,7 @@ async def test_kill_9_of_one_instance_its_clients_resume_elsewhere_and_lose_noth
         cut = [w for w in chaos.watchers if w.cut_since(killed)]
         back = [w.back_after(killed) or 0.0 for w in cut]
         codes = Counter(w.first_close_since(killed) for w in cut)
-        after = publisher.total
-        await publisher.until(lambda: publisher.total >= after + AFTER)
+        await publisher.more(AFTER)
 
     result = audit(chaos)
     print(
@@ -711,7 +727,7 @@ async def test_redis_restart_mid_stream(
     started = time.monotonic()
     async with service(tmp_path, request, persistent=persistent) as chaos:
         publisher = chaos.publisher
-        await publisher.until(lambda: publisher.total >= BEFORE)
+        await publisher.more(BEFORE)
         before = {w.name: (w.positions, w.topic_positions) for w in chaos.watchers}
 
         await publisher.until(lambda: any(publisher.busy.values()))  # a publish on its way
@@ -734,8 +750,7 @@ async def test_redis_restart_mid_stream(
             await ready(server)
         await chaos.all_back()
         back = [w.back_after(restarted) or 0.0 for w in cut]
-        after = publisher.total
-        await publisher.until(lambda: publisher.total >= after + AFTER)
+        await publisher.more(AFTER)
 
     result = audit(chaos)
     print(
@@ -784,7 +799,7 @@ async def test_a_rolling_restart_of_three_instances_loses_nothing(
     steps: list[str] = []
     async with service(tmp_path, request) as chaos:
         publisher = chaos.publisher
-        await publisher.until(lambda: publisher.total >= BEFORE)
+        await publisher.more(BEFORE)
         for index in range(INSTANCES):
             port = chaos.instances[index].port
             publisher.out.add(port)  # the load balancer's health check takes it out
@@ -805,10 +820,8 @@ async def test_a_rolling_restart_of_three_instances_loses_nothing(
                 f"ready again {start_took:.2f} s later, {reconnects} reconnects, clients back "
                 f"{seconds([w.back_after(moment) or 0.0 for w in cut])} after the SIGTERM"
             )
-            after = publisher.total
-            await publisher.until(lambda: publisher.total >= after + BEFORE)  # noqa: B023
-        after = publisher.total
-        await publisher.until(lambda: publisher.total >= after + AFTER)
+            await publisher.more(BEFORE)
+        await publisher.more(AFTER)
 
     result = audit(chaos)
     print("\nchaos rolling restart: " + "; ".join(steps))
@@ -854,8 +867,7 @@ async def test_a_client_keeps_its_topic_when_redis_fails_as_it_subscribes_again(
     flags = ["--jwt-secret", SECRET, "--api-key", API_KEY, "--redis-url", redis.url]
     instances: list[Server] = []
     try:
-        for _ in range(2):
-            instances.append(await anyio.to_thread.run_sync(lambda: start_serve(*flags)))
+        await start_instances(flags, 2, instances)
         first, second = instances
         open_, closed = ConnectionState.OPEN, ConnectionState.CLOSED
         balancer = Balancer([first.port, second.port])  # the reconnection lands on the second
@@ -889,12 +901,5 @@ async def test_a_client_keeps_its_topic_when_redis_fails_as_it_subscribes_again(
                 received = (await anext(client)).id
             kept = set(client.topics)
     finally:
-        if redis.running:
-            redis.resume()
-        for server in instances:
-            logged = server.stderr()
-            if logged:
-                request.node.add_report_section("teardown", f"server :{server.port}", logged)
-        await anyio.to_thread.run_sync(lambda: [server.stop() for server in instances])
-        await anyio.to_thread.run_sync(redis.stop)
+        await stop_everything(request, instances, redis)  # a paused Redis is resumed to stop
     assert received == sent, f"a notification of its topic was lost; it keeps the topics {kept}"
