@@ -852,12 +852,6 @@ class PausesRedisAsItResubscribes(Listener):
         return resubscribed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="NotifyClient._resubscribe forgets a topic the server answered 'unavailable' "
-    "(a transient error: 'retry later') as if it were refused; client.js does the same",
-)
 @pytest.mark.timeout(90)
 async def test_a_client_keeps_its_topic_when_redis_fails_as_it_subscribes_again(
     tmp_path: Path, request: pytest.FixtureRequest

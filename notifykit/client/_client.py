@@ -76,6 +76,7 @@ class _Session:
     pending: dict[str, asyncio.Future[ServerFrame]] = field(default_factory=dict)
     subscriptions: dict[str, asyncio.Future[ServerFrame]] = field(default_factory=dict)
     expires_at: int | None = None
+    retrying: bool = False  # a topic could not be subscribed again now: reconnect with backoff
 
     def fail_pending(self) -> None:
         for future in self.pending.values():
@@ -140,7 +141,7 @@ class NotifyClient:
         positions: Mapping[str, Position] | None = None,
         on_state: Callable[[StateChange], None] | None = None,
         max_buffer: int = 1024,
-        open_timeout: float = 10.0,
+        open_timeout: float = 15.0,
         origin: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -439,12 +440,23 @@ class NotifyClient:
             session.fail_pending()
 
     async def _resubscribe(self, session: _Session) -> bool:
-        """Subscribe again to every topic; False if the connection ended meanwhile."""
+        """Subscribe again to every topic; False if the connection ended meanwhile, or if the
+        server could not subscribe a topic now (``unavailable``: the topic is kept, and the
+        connection closed to be made again, with backoff, rather than open without it)."""
         futures = {t: await self._send_subscribe(session, t) for t in list(self._topics)}
         for topic, future in futures.items():
             try:
                 reply = await asyncio.shield(future)
             except _ConnectionLost:
+                return False
+            if isinstance(reply, Error) and reply.code == ErrorCode.UNAVAILABLE:
+                logger.warning(
+                    "notifykit: cannot subscribe to %r again now: %s; reconnecting",
+                    topic,
+                    reply.message,
+                )
+                session.retrying = True
+                await session.ws.close(CloseCode.NORMAL, "subscribing again later")
                 return False
             if isinstance(reply, Error):
                 logger.warning("notifykit: cannot subscribe to %r again: %s", topic, reply.message)
@@ -485,7 +497,9 @@ class NotifyClient:
                 await self._dispatch(session, frame, raw)
         except ConnectionClosed as exc:
             ended = _closed(exc)
-            return _Ended(ended.code, ended.reason, opened=True)
+            # A connection closed to subscribe a topic again later does not count as one that
+            # worked: the reconnect backs off.
+            return _Ended(ended.code, ended.reason, opened=not session.retrying)
 
     async def _dispatch(self, session: _Session, frame: ServerFrame, raw: dict[str, Any]) -> None:
         if isinstance(frame, Notification):

@@ -397,7 +397,13 @@ export class NotifyClient extends EventTarget {
     } catch (error) {
       return this.#ended(null, NO_CLOSE_FRAME, `cannot connect: ${error}`, error);
     }
-    const session = { ws, welcome: null, pending: new Map(), subscriptions: new Map() };
+    const session = {
+      ws,
+      welcome: null,
+      pending: new Map(),
+      subscriptions: new Map(),
+      retrying: false,
+    };
     session.expiresAt = null;
     session.refreshTimer = null;
     this.#socket = ws;
@@ -469,6 +475,14 @@ export class NotifyClient extends EventTarget {
       } catch {
         return; // the connection ended meanwhile
       }
+      if (frame.type === "error" && frame.code === "unavailable") {
+        // Not now (the server could not subscribe it: retry later): keep the topic, and
+        // make the connection again with backoff rather than stay open without it.
+        console.warn(`notifykit: cannot subscribe to ${topic} again now: ${frame.message}`);
+        session.retrying = true;
+        session.ws.close(1000, "subscribing again later");
+        return;
+      }
       if (frame.type === "error") {
         console.warn(`notifykit: cannot subscribe to ${topic} again: ${frame.message}`);
         this.#forget(session, topic, reply);
@@ -493,7 +507,7 @@ export class NotifyClient extends EventTarget {
     if (code === FORBIDDEN || (code === UNAUTHORIZED && !this.#tokenFactory)) {
       return this.#stop(code, reason, error);
     }
-    if (session && session.welcome) this.#attempt = 0;
+    if (session && session.welcome && !session.retrying) this.#attempt = 0;
     const delay = this.#backoff.delay(this.#attempt);
     this.#attempt += 1;
     this.#emit({ state: ConnectionState.RECONNECTING, attempt: this.#attempt, delay });
