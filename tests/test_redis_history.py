@@ -224,19 +224,76 @@ async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer)
 # --- the barrier -----------------------------------------------------------------------------
 
 
-def pings(node: RedisServer) -> int:
+def calls(node: RedisServer, command: str) -> int:
     stats = node.command("INFO", "commandstats")
-    return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_concurrent_connects_read_each_shared_stream_once(
+    redis_server: RedisServer,
+) -> None:
+    async with running(redis_server.url) as propagator:
+        await propagator.publish(["auth", "all"], b"\n{}")
+        before = calls(redis_server, "evalsha")
+        found = await asyncio.gather(
+            *(propagator.read({f"u:{n}": None, "auth": None, "all": None}, 100) for n in range(20))
+        )
+        # 20 user streams and one read each of "auth" and "all", not 20.
+        assert calls(redis_server, "evalsha") - before == 22
+        assert all(list(streams) == [f"u:{n}", "auth", "all"] for n, streams in enumerate(found))
+        assert {(streams["all"].last, streams["all"].entries) for streams in found} == {(1, ())}
+
+
+async def test_a_read_that_resumes_is_not_shared(redis_server: RedisServer) -> None:
+    async with running(redis_server.url) as propagator:
+        await propagator.publish(["all"], b"\n{}")
+        before = calls(redis_server, "evalsha")
+        found = await asyncio.gather(*(propagator.read({"all": 0}, 100) for _ in range(5)))
+        assert calls(redis_server, "evalsha") - before == 5
+        assert [len(streams["all"].entries) for streams in found] == [1] * 5
+
+
+async def test_a_stream_redis_refuses_fails_only_the_connects_that_asked_for_it(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.command(
+        "ACL", "SETUSER", "limited", "on", ">secret", "+@all", "&*",
+        "~nk-history:{u:1}:*", "~nk-history:{all}:*",
+    )  # fmt: skip
+    url = redis_server.url.replace("redis://", "redis://limited:secret@")
+    async with running(url) as propagator:
+        allowed, refused = await asyncio.gather(
+            propagator.read({"u:1": None, "all": None}, 0),
+            propagator.read({"u:2": None, "all": None}, 0),
+            return_exceptions=True,
+        )
+        assert isinstance(allowed, dict)
+        assert list(allowed) == ["u:1", "all"]
+        assert isinstance(refused, PropagationError)
+        assert "u:2" in str(refused)
+
+
+async def test_a_cancelled_connect_does_not_cancel_the_read_it_shares(
+    redis_server: RedisServer,
+) -> None:
+    async with running(redis_server.url) as propagator:
+        first = asyncio.ensure_future(propagator.read({"u:1": None, "all": None}, 0))
+        second = asyncio.ensure_future(propagator.read({"u:2": None, "all": None}, 0))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert list(await second) == ["u:2", "all"]
+        with pytest.raises(asyncio.CancelledError):
+            await first
 
 
 async def test_concurrent_barriers_share_one_ping(redis_server: RedisServer) -> None:
     async with running(redis_server.url) as propagator:
         await propagator.subscribe(["u:1", "auth", "all"])
         await propagator.barrier(["u:1"])
-        before = pings(redis_server)
+        before = calls(redis_server, "ping")
         await asyncio.gather(*(propagator.barrier(["u:1", "auth"]) for _ in range(50)))
         # One PING for the 50 (and at most one of the watchdog's meanwhile).
-        assert 1 <= pings(redis_server) - before <= 2
+        assert 1 <= calls(redis_server, "ping") - before <= 2
 
 
 async def test_a_barrier_is_bounded_while_redis_does_not_answer(

@@ -20,6 +20,7 @@ from ._channels import ChannelNames
 from ._connection import Endpoint
 from ._errors import describe
 from ._history import HistoryCommands, parse_read
+from ._positions import FreshReads
 from ._publisher import Publisher
 from ._sequencer import Sequencer, new_epoch
 from ._subscribers import Subscribers
@@ -57,6 +58,7 @@ class RedisPropagatorBase:
             HistoryCommands(self._names, history, sharded=cluster) if history.enabled else None
         )
         self._sequencer: Sequencer | None = None
+        self._fresh = FreshReads(self._read_now)
         self._subscribers = Subscribers(
             settings,
             self._names,
@@ -101,8 +103,12 @@ class RedisPropagatorBase:
             raise RuntimeError("this propagator was already started")
         self._deliver = deliver
         if self._history is not None:
-            self._sequencer = sequencer = Sequencer(
-                deliver, self.read, self._ping, self._settings, limit=self._history.settings.size
+            self._sequencer = sequencer = Sequencer(  # it batches its own reads: no sharing
+                deliver,
+                self._read_now,
+                self._ping,
+                self._settings,
+                limit=self._history.settings.size,
             )
             sequencer.start()
             self._subscribers.on_confirmed = sequencer.confirmed
@@ -117,6 +123,7 @@ class RedisPropagatorBase:
             return
         self._closed = True
         await self._end()
+        await self._fresh.aclose()
         if self._sequencer is not None:
             await self._sequencer.aclose()
         await self._subscribers.aclose()
@@ -192,8 +199,20 @@ class RedisPropagatorBase:
     async def read(self, after: Mapping[str, int | None], limit: int) -> dict[str, StreamHistory]:
         """The history of each key's stream (see the protocol): one ``EVALSHA`` of the read
         script per key, pipelined per server (one round trip for a connection's three keys on
-        one Redis). ``{}`` without history. Raises
+        one Redis). Reads with no offset at all (a fresh connect's positions) are shared by every
+        caller of one event-loop pass (see :mod:`~._positions`). ``{}`` without history. Raises
         :class:`~notifykit.errors.PropagationError` if Redis cannot answer."""
+        if self._history is None or not after:
+            return {}
+        self._check_running()
+        if all(offset is None for offset in after.values()):
+            return await self._fresh.get(after.keys())
+        return await self._read_now(after, limit)
+
+    async def _read_now(
+        self, after: Mapping[str, int | None], limit: int
+    ) -> dict[str, StreamHistory]:
+        """:meth:`read`, at once: one command per key."""
         history = self._history
         if history is None or not after:
             return {}
