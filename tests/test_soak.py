@@ -19,7 +19,11 @@ A first, shorter round warms the instances up; after each round every client lea
   handed back the memory it keeps free (``trimmed_serve.py`` runs ``notifykit serve`` with a
   SIGUSR1 handler that trims; the untrimmed RSS is printed too: tens of MiB above, which a
   trim returns, and which the next churn reuses); its open files are those it had after the
-  warm-up, it holds no socket of a client, and at most a few connections to Redis.
+  warm-up, it holds no socket of a client, and at most a few connections to Redis;
+* Python's allocator holds at most 2% more blocks than after the warm-up
+  (``sys.getallocatedblocks()``, which fragmentation does not move: a leak of Python objects
+  shows there first); how many objects the cyclic collector found since the previous trim is
+  printed (none, today: a connection is freed by reference counting alone).
 
 Nothing lost: every client received, on every stream, the notifications in order with no
 duplicate, up to the last one published. When the server numbers its streams (``welcome``
@@ -38,6 +42,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import secrets
 import signal
 import sys
@@ -79,6 +84,7 @@ GAP = (0.1, 1.0)  # seconds it stays away before it resumes
 RATES = {"user": 80.0, "topic": 8.0, "all": 2.0}  # notifications per second, in all
 RSS_MARGIN = 0.05  # RSS (after a trim) after the soak may exceed its warm-up value by this share
 RSS_SLACK_KB = 6 * 1024  # ...or by this much, whichever is larger (pymalloc arenas settle)
+BLOCKS_MARGIN = 0.02  # Python's allocated blocks after the soak, against the warm-up's
 KEYS_PER_STREAM = 3  # what a stream may cost in Redis keys (entries, counter, epoch)
 REDIS_CONNECTIONS = 8  # an instance's connections to Redis: subscriber, publisher, presence...
 SOAK_CLIENTS = Path(__file__).resolve().parent / "soak_clients.py"
@@ -326,6 +332,24 @@ def resumed_without_gaps(rec: dict[str, Any], stream: str) -> bool:
 
 
 @dataclass
+class Heap:
+    """A ``trimmed <n>: ...`` line of ``trimmed_serve.py``."""
+
+    blocks: int
+    """``sys.getallocatedblocks()``: Python objects held, whatever the fragmentation."""
+    collected: int
+    """Objects the cyclic collector found unreachable since the previous trim."""
+
+    @classmethod
+    def parse(cls, line: str) -> Heap:
+        match = re.fullmatch(
+            r"trimmed \d+: (\d+) blocks, (\d+) collected since the last trim", line
+        )
+        assert match is not None, line
+        return cls(int(match[1]), int(match[2]))
+
+
+@dataclass
 class Usage:
     """What one instance process holds once every client left."""
 
@@ -333,6 +357,8 @@ class Usage:
     """VmRSS as it is."""
     live_kb: int | None
     """VmRSS once glibc handed back the memory it kept free (``trimmed_serve.py``)."""
+    heap: Heap | None
+    """What Python's allocator holds then, and what the cyclic collector had found."""
     files: Counter[str]
     """Open file descriptors other than TCP sockets, by kind (pipe, eventpoll, path...)."""
     listeners: int
@@ -351,6 +377,11 @@ class Usage:
 
     def line(self) -> str:
         live = "" if self.live_kb is None else f" ({self.live_kb / 1024:.1f} MiB after a trim)"
+        if self.heap is not None:
+            live += (
+                f" [{self.heap.blocks} Python blocks; the collector found "
+                f"{self.heap.collected} unreachable objects since the last trim]"
+            )
         return (
             f"RSS {self.rss_kb / 1024:.1f} MiB{live}, {self.fds} fds "
             f"({self.redis_connections} to Redis, {self.other_connections} to clients)"
@@ -398,13 +429,15 @@ async def usage(server: Server, redis_port: int | None, trim: bool) -> Usage:
     """What ``server``'s process holds; with ``trim``, also its RSS after a trim."""
     pid = server.process.pid
     rss = rss_kb(pid)
-    live = None
+    live = heap = None
     if trim:
         trims = server.stderr().count("trimmed ") + 1
         os.kill(pid, signal.SIGUSR1)
-        await poll("the instance trimmed its heap", lambda: anyio.to_thread.run_sync(
-            server.stderr), lambda text: f"trimmed {trims}" in text)  # fmt: skip
+        text = await poll("the instance trimmed its heap", lambda: anyio.to_thread.run_sync(
+            server.stderr), lambda text: f"trimmed {trims}:" in text)  # fmt: skip
         live = rss_kb(pid)
+        heap = Heap.parse(next(line for line in text.splitlines()
+                               if line.startswith(f"trimmed {trims}:")))  # fmt: skip
     files: Counter[str] = Counter()
     listeners = to_redis = other = 0
     sockets = tcp_sockets()
@@ -425,7 +458,7 @@ async def usage(server: Server, redis_port: int | None, trim: bool) -> Usage:
             to_redis += 1
         else:
             other += 1
-    return Usage(rss, live, files, listeners, to_redis, other)
+    return Usage(rss, live, heap, files, listeners, to_redis, other)
 
 
 async def api_get(server: Server, path: str) -> Any:
@@ -590,6 +623,13 @@ async def test_two_instances_on_redis_after_churning_clients_hold_nothing_and_lo
             print(f"after the soak:    {after.line()}")
 
             for server, before, now in zip(instances, warm.usage, after.usage, strict=True):
+                assert before.heap is not None
+                assert now.heap is not None
+                allowed_blocks = int(before.heap.blocks * (1 + BLOCKS_MARGIN))
+                assert now.heap.blocks <= allowed_blocks, (
+                    f"instance :{server.port} holds {before.heap.blocks} Python blocks after the "
+                    f"warm-up, {now.heap.blocks} after the soak (at most {allowed_blocks})"
+                )
                 assert before.live_kb is not None
                 assert now.live_kb is not None
                 allowed = before.live_kb + max(RSS_SLACK_KB, int(before.live_kb * RSS_MARGIN))

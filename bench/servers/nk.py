@@ -43,17 +43,7 @@ def cli() -> None:
     parser.add_argument("--adapter", choices=("asgi", "websockets", "channels"), default="asgi")
     parser.add_argument("--ws", default="websockets-sansio", choices=WS_IMPLEMENTATIONS)
     parser.add_argument("--history-size", type=int, default=100)
-    parser.add_argument(
-        "--default-gc",
-        action="store_true",
-        help="keep Python's collector thresholds (notifykit serve tunes them)",
-    )
     args = parser.parse_args()
-    if not args.default_gc:
-        from notifykit.cli.server import tune_garbage_collector
-
-        tune_garbage_collector()  # as notifykit serve does
-
     from notifykit.redis import RedisPresence, RedisPropagator
 
     propagator: Propagator = RedisPropagator(

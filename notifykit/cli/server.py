@@ -32,7 +32,6 @@ nor closes the socket. See "Choice of websocket implementation" in ``docs/cli.md
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 import os
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
-    "GC_THRESHOLDS",
     "MAX_HEAD_BYTES",
     "MAX_LINE_BYTES",
     "WS_SIZE_FACTOR",
@@ -55,7 +53,6 @@ __all__ = [
     "GuardedWebSocketProtocol",
     "NotifyServer",
     "run_server",
-    "tune_garbage_collector",
 ]
 
 WS_SIZE_FACTOR = 4
@@ -137,6 +134,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = None
         self._disarm()
         super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        """Hand the socket to the websocket protocol, then drop the parser: it holds this
+        protocol's bound methods, a cycle that uvicorn breaks in ``connection_lost``, which an
+        upgraded protocol never gets. Left to the cyclic collector, each connection's HTTP
+        side (parser, protocol, flow control, transport) outlived it until a collection."""
+        super().handle_websocket_upgrade()
+        self.parser = None  # type: ignore[assignment]
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -229,23 +234,6 @@ class NotifyServer(uvicorn.Server):
         await super().shutdown(sockets)  # 5. HTTP connections, then the lifespan
 
 
-GC_THRESHOLDS = (50_000, 5, 20)
-"""The cyclic collector's thresholds under ``notifykit serve`` (Python's default: 700, 10,
-10). A connect allocates ~140 containers; with the defaults the collector ran ~200 times per
-1,000 connects and a full collection walks every live connection, so it took 13-41 % of a
-connect's CPU as connections accumulated (``python -m bench.gcshare``: 1,056 µs per connect
-on average over 4,000 connects, 806 µs with these)."""
-
-
-def tune_garbage_collector() -> None:
-    """Freeze what start-up allocated (the collector no longer walks it) and collect less
-    often: what a long-lived server with many connections wants; process-wide, so only the
-    service does it, never the library."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
     """Run ``app`` under uvicorn until SIGINT/SIGTERM; 0 after a clean stop, 3 if it could
     not start (port in use, startup failed)."""
@@ -263,6 +251,5 @@ def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
     )
     server = NotifyServer(config, hub, close_timeout=settings.close_timeout)
     logger.info(description)
-    tune_garbage_collector()
     server.run()
     return 0 if server.started else 3

@@ -1,0 +1,60 @@
+"""The uvicorn protocols ``notifykit serve`` runs (``notifykit/cli/server.py``) free a
+connection by reference counting alone: nothing of it waits for the cyclic garbage collector,
+which would let a server under churn grow (docs/cli.md, "The garbage collector")."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+import websockets
+from servers import free_port
+
+from notifykit.cli.server import GuardedHttpProtocol, GuardedWebSocketProtocol
+
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accept a websocket, answer each text frame, until the client leaves."""
+    assert scope["type"] == "websocket"
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+
+def alive(cls: type) -> int:
+    return sum(issubclass(type(obj), cls) for obj in gc.get_objects())  # no proxy lookups
+
+
+async def test_a_closed_websocket_leaves_nothing_for_the_cyclic_collector() -> None:
+    port = free_port()
+    config = uvicorn.Config(echo_app, host="127.0.0.1", port=port, lifespan="off",
+                            http=GuardedHttpProtocol, ws=GuardedWebSocketProtocol,
+                            log_level="warning")  # fmt: skip
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn signals nothing
+                await anyio.sleep(0.01)
+        gc.collect()
+        gc.disable()  # what is not freed at once stays visible in gc.get_objects()
+        try:
+            for n in range(5):
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as client:
+                    await client.send(f"hello {n}")
+                    assert await client.recv() == f"hello {n}"
+            with anyio.fail_after(10):
+                while server.server_state.connections or server.server_state.tasks:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # the transports' last callbacks
+            assert alive(GuardedWebSocketProtocol) == 0
+            assert alive(GuardedHttpProtocol) == 0
+        finally:
+            gc.enable()
+            server.should_exit = True
