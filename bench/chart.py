@@ -23,6 +23,7 @@ FLOORS = ("floor", "floor-jwt")
 DIAGNOSTIC = ("raw", "asgi", "single-channel")
 NOTIFYKIT = (
     "notifykit",
+    "notifykit-nohistory",
     "notifykit-websockets",
     "notifykit-channels",
     "nk-uvicorn-websockets",
@@ -51,6 +52,7 @@ def _color(name: str) -> str:
 
 def _label(name: str) -> str:
     return {
+        "notifykit-nohistory": "notifykit, history off",
         "notifykit-websockets": "notifykit, websockets adapter",
         "notifykit-channels": "notifykit, Django Channels",
         "nk-uvicorn-websockets": "notifykit, uvicorn ws=websockets",
