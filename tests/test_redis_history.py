@@ -286,6 +286,28 @@ async def test_a_cancelled_connect_does_not_cancel_the_read_it_shares(
             await first
 
 
+async def test_closing_during_a_shared_read_fails_its_connects_and_leaves_no_task(
+    redis_server: RedisServer,
+) -> None:
+    propagator = RedisPropagator(redis_server.url, prefix=PREFIX)
+    await propagator.start(Recorder())
+    await propagator.read({"all": None}, 0)  # connected, the scripts loaded
+    tasks_before = len(asyncio.all_tasks())
+    redis_server.pause()  # the shared read is written and never answered
+    try:
+        reads = [asyncio.ensure_future(propagator.read({f"u:{n}": None, "all": None}, 0))
+                 for n in range(5)]  # fmt: skip
+        await asyncio.sleep(0.1)
+        with anyio.fail_after(10):
+            await propagator.aclose()
+            results = await asyncio.gather(*reads, return_exceptions=True)
+    finally:
+        redis_server.resume()
+    assert all(isinstance(result, PropagationError) and "closing" in str(result)
+               for result in results), results  # fmt: skip
+    assert len(asyncio.all_tasks()) < tasks_before  # the propagator's own tasks ended too
+
+
 async def test_concurrent_barriers_share_one_ping(redis_server: RedisServer) -> None:
     async with running(redis_server.url) as propagator:
         await propagator.subscribe(["u:1", "auth", "all"])

@@ -33,7 +33,7 @@ class FreshReads:
     Redis refuses fails only the connections that asked for it).
     """
 
-    __slots__ = ("_batch", "_read", "_tasks")
+    __slots__ = ("_batch", "_closed", "_read", "_tasks")
 
     def __init__(
         self, read: Callable[[Mapping[str, int | None], int], Awaitable[dict[str, StreamHistory]]]
@@ -41,6 +41,7 @@ class FreshReads:
         self._read = read
         self._batch: tuple[set[str], asyncio.Future[dict[str, StreamHistory]]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def get(self, keys: Collection[str]) -> dict[str, StreamHistory]:
         """The current position of each of ``keys``' streams, read with the pass's others."""
@@ -56,7 +57,7 @@ class FreshReads:
         try:
             found = await asyncio.shield(batch[1])  # one caller's cancellation spares the others
         except PropagationError:
-            if batch[0].issubset(keys):
+            if self._closed or batch[0].issubset(keys):
                 raise
             # another caller's key may be the one Redis refused (an ACL): read ours alone
             found = await self._read(dict.fromkeys(keys), 0)
@@ -83,6 +84,7 @@ class FreshReads:
     async def aclose(self) -> None:
         """Cancel the reads in flight (their callers get
         :class:`~notifykit.errors.PropagationError`)."""
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
