@@ -4,6 +4,7 @@ which would let a server under churn grow (docs/cli.md, "The garbage collector")
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from typing import Any
 
@@ -25,6 +26,12 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "websocket.accept"})
     while (message := await receive())["type"] == "websocket.receive":
         await send({"type": "websocket.send", "text": message["text"]})
+
+
+REFUSED_UPGRADE = (  # websockets refuses it: no Sec-WebSocket-Key
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 def alive(cls: type) -> int:
@@ -53,6 +60,39 @@ async def test_a_closed_websocket_leaves_nothing_for_the_cyclic_collector() -> N
                 while server.server_state.connections or server.server_state.tasks:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             await anyio.sleep(0.1)  # the transports' last callbacks
+            assert alive(GuardedWebSocketProtocol) == 0
+            assert alive(GuardedHttpProtocol) == 0
+        finally:
+            gc.enable()
+            server.should_exit = True
+
+
+async def test_a_refused_handshake_is_answered_closed_and_leaves_nothing_behind() -> None:
+    port = free_port()
+    config = uvicorn.Config(echo_app, host="127.0.0.1", port=port, lifespan="off",
+                            http=GuardedHttpProtocol, ws=GuardedWebSocketProtocol,
+                            log_level="warning")  # fmt: skip
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn signals nothing
+                await anyio.sleep(0.01)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    await stream.send(REFUSED_UPGRADE)
+                    answer = b""
+                    with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream):
+                        while True:  # until the server closes the socket
+                            answer += await stream.receive()
+                    assert answer.startswith(b"HTTP/1.1 400"), answer
+            with anyio.fail_after(10):
+                while server.server_state.connections or server.server_state.tasks:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
             assert alive(GuardedWebSocketProtocol) == 0
             assert alive(GuardedHttpProtocol) == 0
         finally:

@@ -172,7 +172,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, but a handshake that websockets refuses
     (``431``/``414``; or a malformed request, answered by closing) is written and the socket
-    closed. uvicorn internals: ``conn`` (websockets' ``ServerProtocol``, whose
+    closed; and the refusal's exception forgets its traceback, whose frames hold this protocol
+    (through ``conn.handshake_exc``: a cycle that left every refused handshake to the cyclic
+    collector). uvicorn internals: ``conn`` (websockets' ``ServerProtocol``, whose
     ``handshake_exc`` and ``data_to_send()`` are public), ``handshake_initiated``,
     ``transport``."""
 
@@ -180,6 +182,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.conn.handshake_exc is not None:
+            _forget_tracebacks(self.conn.handshake_exc)
         if (
             self.conn.handshake_exc is not None
             and not self.handshake_initiated
@@ -253,3 +257,13 @@ def run_server(app: Any, hub: Hub, settings: Settings, description: str) -> int:
     logger.info(description)
     server.run()
     return 0 if server.started else 3
+
+
+def _forget_tracebacks(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and of the exceptions it was raised from or during."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
