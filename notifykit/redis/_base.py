@@ -202,10 +202,8 @@ class RedisPropagatorBase:
         one Redis). Reads with no offset at all (a fresh connect's positions) are shared by every
         caller of one event-loop pass (see :mod:`~._positions`). ``{}`` without history. Raises
         :class:`~notifykit.errors.PropagationError` if Redis cannot answer."""
-        if self._history is None or not after:
-            return {}
-        self._check_running()
-        if all(offset is None for offset in after.values()):
+        if self._history is not None and after and all(o is None for o in after.values()):
+            self._check_running()  # fail now, not once the batch is read
             return await self._fresh.get(after.keys())
         return await self._read_now(after, limit)
 
